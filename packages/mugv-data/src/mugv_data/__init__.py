@@ -1,0 +1,8 @@
+"""MUG-V data curation: raw videos to training shards, local engine or Ray.
+
+Entry points are listed in ``__all__``; everything not listed there is private.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

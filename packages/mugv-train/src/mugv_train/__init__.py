@@ -1,0 +1,8 @@
+"""MUG-V training: Megatron-Core training of MUG-DiT with flow matching.
+
+Entry points are listed in ``__all__``; everything not listed there is private.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
