@@ -1,6 +1,7 @@
 """The offline cache helper is resolved by the real huggingface_hub download functions."""
 
 import hashlib
+from pathlib import Path
 
 import pytest
 from huggingface_hub import hf_hub_download, snapshot_download
@@ -14,9 +15,9 @@ def test_hf_hub_download_resolves_offline(tmp_path):
     build_hf_cache(tmp_path, "MUG-V/tiny", {"config.json": b'{"depth": 2}', "sub/w.bin": weights})
     with offline_hf_cache(tmp_path):
         path = hf_hub_download("MUG-V/tiny", "sub/w.bin")
-        assert open(path, "rb").read() == weights
-        snap = snapshot_download("MUG-V/tiny")
-        assert (snap_path := __import__("pathlib").Path(snap) / "config.json").read_bytes() == b'{"depth": 2}'
+        assert Path(path).read_bytes() == weights
+        snap_path = Path(snapshot_download("MUG-V/tiny")) / "config.json"
+        assert snap_path.read_bytes() == b'{"depth": 2}'
         # The blob is stored once, named by its sha256, and the snapshot links to it.
         blob = snap_path.parents[2] / "blobs" / hashlib.sha256(weights).hexdigest()
         assert blob.read_bytes() == weights
@@ -32,7 +33,7 @@ def test_second_build_moves_main(tmp_path):
     build_hf_cache(tmp_path, "org/m", {"a.txt": b"one"})
     build_hf_cache(tmp_path, "org/m", {"a.txt": b"two"})
     with offline_hf_cache(tmp_path):
-        assert open(hf_hub_download("org/m", "a.txt"), "rb").read() == b"two"
+        assert Path(hf_hub_download("org/m", "a.txt")).read_bytes() == b"two"
 
 
 def test_repo_id_validated(tmp_path):

@@ -12,6 +12,9 @@ for ``create_repo`` and ``upload_folder``/``upload_file``/``create_commit``:
 Everything the client sends is kept in memory: ``hub.files(repo_id)`` returns the
 committed bytes so a test can compare them with what it uploaded. Requests to any
 other route answer 404 and are recorded in ``hub.unhandled``.
+
+While the server runs, ``huggingface_hub``'s offline mode is lifted (the test suite runs
+with ``HF_HUB_OFFLINE=1``): the only server there is to reach is this loopback one.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,6 +44,7 @@ class FakeHub:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._saved_offline: tuple[bool, str | None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
     def __enter__(self) -> FakeHub:
@@ -69,6 +74,10 @@ class FakeHub:
                 code, payload = hub._get(self.path.split("?")[0])
                 self._reply(code, payload)
 
+        from huggingface_hub import constants
+
+        self._saved_offline = (constants.HF_HUB_OFFLINE, os.environ.pop("HF_HUB_OFFLINE", None))
+        constants.HF_HUB_OFFLINE = False
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -83,6 +92,12 @@ class FakeHub:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        if self._saved_offline is not None:
+            from huggingface_hub import constants
+
+            constants.HF_HUB_OFFLINE, env = self._saved_offline
+            if env is not None:
+                os.environ["HF_HUB_OFFLINE"] = env
 
     @property
     def endpoint(self) -> str:
@@ -115,7 +130,10 @@ class FakeHub:
             repo_id = f"{org}/{req['name']}" if org else req["name"]
             with self._lock:
                 if repo_id in self._repos:
-                    return 409, {"error": "You already created this model repo", "url": f"{self.endpoint}/{repo_id}"}
+                    return 409, {
+                        "error": "You already created this model repo",
+                        "url": f"{self.endpoint}/{repo_id}",
+                    }
                 self._repos[repo_id] = {}
                 self._commits[repo_id] = []
             return 200, {"url": f"{self.endpoint}/{repo_id}", "name": repo_id, "id": repo_id}
@@ -124,7 +142,8 @@ class FakeHub:
             files = json.loads(body)["files"]
             return 200, {
                 "files": [
-                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                    for f in files
                 ]
             }
         m = re.fullmatch(rf"/api/{_REPO}/commit/(?P<rev>.+)", path)
@@ -144,7 +163,11 @@ class FakeHub:
                 key, value = item["key"], item["value"]
                 if key == "file":
                     content = value["content"]
-                    data = base64.b64decode(content) if value.get("encoding") == "base64" else content.encode()
+                    data = (
+                        base64.b64decode(content)
+                        if value.get("encoding") == "base64"
+                        else content.encode()
+                    )
                     self._repos[repo_id][value["path"]] = data
                 elif key == "deletedFile":
                     self._repos[repo_id].pop(value["path"], None)
@@ -159,7 +182,11 @@ class FakeHub:
                 + str(len(self._commits[repo_id])).encode()
             ).hexdigest()
             self._commits[repo_id].append(oid)
-        return 200, {"commitUrl": f"{self.endpoint}/{repo_id}/commit/{oid}", "commitOid": oid, "success": True}
+        return 200, {
+            "commitUrl": f"{self.endpoint}/{repo_id}/commit/{oid}",
+            "commitOid": oid,
+            "success": True,
+        }
 
     def _get(self, path: str) -> tuple[int, Any]:
         m = re.fullmatch(rf"/api/{_REPO}(/revision/(?P<rev>.+))?", path)
@@ -170,6 +197,12 @@ class FakeHub:
                     return 404, {"error": f"Repository not found: {repo_id}"}
                 sha = self._commits[repo_id][-1] if self._commits[repo_id] else "0" * 40
                 siblings = [{"rfilename": p} for p in sorted(self._repos[repo_id])]
-            return 200, {"id": repo_id, "modelId": repo_id, "sha": sha, "siblings": siblings, "private": False}
+            return 200, {
+                "id": repo_id,
+                "modelId": repo_id,
+                "sha": sha,
+                "siblings": siblings,
+                "private": False,
+            }
         self.unhandled.append(f"GET {path}")
         return 404, {"error": f"fake hub: no route GET {path}"}

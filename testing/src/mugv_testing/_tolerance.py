@@ -39,7 +39,9 @@ def assert_close(
     relative error and where the worst element sits.
     """
     if actual.shape != expected.shape:
-        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+        raise AssertionError(
+            f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
+        )
     tol = TOLERANCES.get(dtype or actual.dtype, TOLERANCES[torch.float32])
     rtol = tol.rtol if rtol is None else rtol
     atol = tol.atol if atol is None else atol

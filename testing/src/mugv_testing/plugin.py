@@ -21,7 +21,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     has_cuda = torch.cuda.is_available()
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
-            item.add_marker(pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)"))
+            item.add_marker(
+                pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+            )
         if "distributed" in item.keywords and item.get_closest_marker("timeout") is None:
             # A hung collective must fail the test, never the whole CI run.
             item.add_marker(pytest.mark.timeout(DISTRIBUTED_TIMEOUT_S))
