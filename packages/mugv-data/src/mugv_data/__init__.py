@@ -1,8 +1,12 @@
 """MUG-V data curation: raw videos to training shards, local engine or Ray.
 
-Entry points are listed in ``__all__``; everything not listed there is private.
+Entry points:
+- Shards (what mugv-train streams): ``ShardWriter``, ``open_shards`` -> ``ShardSet``,
+  ``ShardError``.
 """
+
+from mugv_data.shards import ShardError, ShardSet, ShardWriter, open_shards
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["ShardError", "ShardSet", "ShardWriter", "__version__", "open_shards"]
