@@ -108,7 +108,7 @@ def test_bad_samples_are_rejected_with_the_fix(tmp_path):
     with ShardWriter(tmp_path) as w:
         bad = _sample(0)
         del bad["fps"]
-        with pytest.raises(ValueError, match=r"lacks \\['fps'\\]"):
+        with pytest.raises(ValueError, match=r"lacks \['fps'\]"):
             w.write(bad)
         with pytest.raises(ValueError, match=r"valid caption tokens"):
             w.write({**_sample(1), "text": torch.zeros(1, 3, 7)})
