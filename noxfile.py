@@ -60,7 +60,7 @@ def tests(session: nox.Session, package: str) -> None:
     marker = "not gpu"
     if package == "workspace":
         _install_locked(session, "--all-packages", "--extra", "ray", "--no-dev", tools=True)
-        paths = ["testing/tests"] + (["tests"] if (ROOT / "tests").exists() else [])
+        paths = ["testing/tests", "quickstart/tests"]
     else:
         extras = [a for e in TEST_EXTRAS.get(package, []) for a in ("--extra", e)]
         _install_locked(session, "--package", package, "--no-dev", *extras)
