@@ -1,8 +1,73 @@
 """MUG-V inference: text-to-video and image-to-video generation.
 
-Entry points are listed in ``__all__``; everything not listed there is private.
+Entry points:
+- ``MUGVPipeline``: diffusers-style pipeline (``from_pretrained``, components,
+  ``__call__`` with ``output_type`` "latent" / "np" / "pil" / "mp4").
+- ``FlowEulerSampler`` with ``ClassifierFreeGuidance`` / ``CFGZeroStar``, and
+  ``frame_conditioning`` / ``extension_conditioning`` for any set of clean frames.
+- ``StepCache``: TeaCache-style step skipping with a quality knob.
+- ``ComponentOffload`` / ``BlockOffload`` / ``enable_block_offload``: CPU offload.
+- ``init_parallel``, ``cfg_parallel``, ``ulysses_attention``, ``SequenceParallelDiT``:
+  multi-process inference (CFG and Ulysses sequence parallelism).
+- ``preprocess_image``, ``write_mp4``, ``read_mp4``: reference images and MP4 files.
+- Presets: ``ASPECT_RATIOS_720P``, ``DURATIONS``, ``OFFICIAL_NEGATIVE_PROMPT``,
+  ``OfficialQuirks``, ``resolve_size``.
+- The ``mugv`` command (``mugv generate ...``).
+
+Everything not listed in ``__all__`` is private.
 """
+
+from mugv_infer._cache import StepCache
+from mugv_infer._media import VideoFile, preprocess_image, read_mp4, write_mp4
+from mugv_infer.offload import BlockOffload, ComponentOffload, enable_block_offload
+from mugv_infer.parallel import ParallelGroups, cfg_parallel, init_parallel, ulysses_attention
+from mugv_infer.presets import (
+    ASPECT_RATIOS_720P,
+    DURATIONS,
+    OFFICIAL_NEGATIVE_PROMPT,
+    OfficialQuirks,
+    resolve_num_frames,
+    resolve_size,
+)
+from mugv_infer.sampling import (
+    CFGZeroStar,
+    ClassifierFreeGuidance,
+    FlowEulerSampler,
+    Guidance,
+    extension_conditioning,
+    frame_conditioning,
+    initial_noise,
+    psnr,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "ASPECT_RATIOS_720P",
+    "DURATIONS",
+    "OFFICIAL_NEGATIVE_PROMPT",
+    "BlockOffload",
+    "CFGZeroStar",
+    "ClassifierFreeGuidance",
+    "ComponentOffload",
+    "FlowEulerSampler",
+    "Guidance",
+    "OfficialQuirks",
+    "ParallelGroups",
+    "StepCache",
+    "VideoFile",
+    "__version__",
+    "cfg_parallel",
+    "enable_block_offload",
+    "extension_conditioning",
+    "frame_conditioning",
+    "init_parallel",
+    "initial_noise",
+    "preprocess_image",
+    "psnr",
+    "read_mp4",
+    "resolve_num_frames",
+    "resolve_size",
+    "ulysses_attention",
+    "write_mp4",
+]
