@@ -1,0 +1,1 @@
+"""Building blocks of MUG-DiT (embedders, RoPE, attention, blocks); re-exported at top level."""

@@ -1,0 +1,94 @@
+"""`TextEncoder`: T5-XXL with the official tokenisation, or any Hugging Face encoder.
+
+Dimension legend: B prompts, S tokens (max_length, 300 for T5), E embedding width.
+
+Official behaviour (reference §C): ``DeepFloyd/t5-v1_1-xxl`` loaded as ``T5EncoderModel``
+in float32, ``AutoTokenizer`` with ``max_length=300``, ``padding="max_length"``,
+``truncation=True`` and special tokens (the EOS ``</s>`` counts in the mask); the output
+is ``last_hidden_state`` computed with the attention mask.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+T5_XXL = "DeepFloyd/t5-v1_1-xxl"
+
+
+class TextEncoder:
+    """Encode prompts to (embeddings [B, S, E] float, mask [B, S] bool).
+
+    ``name_or_path`` is a Hub id or a local folder with a tokenizer and an encoder model.
+    T5 checkpoints load as ``T5EncoderModel`` (encoder only); other encoder-decoder models
+    use their encoder; anything else loads with ``AutoModel`` and its ``last_hidden_state``.
+    Loading goes through transformers, so the Hugging Face cache and offline mode apply.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str | os.PathLike[str] = T5_XXL,
+        *,
+        max_length: int = 300,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        local_files_only: bool = False,
+        revision: str | None = None,
+        **from_pretrained_kwargs: Any,
+    ) -> None:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
+
+        if max_length < 1:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        kwargs = {
+            "local_files_only": local_files_only,
+            "revision": revision,
+            **from_pretrained_kwargs,
+        }
+        config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        if config.model_type in ("t5", "mt5", "umt5"):
+            model = T5EncoderModel.from_pretrained(name_or_path, dtype=dtype, **kwargs)
+        else:
+            model = AutoModel.from_pretrained(name_or_path, dtype=dtype, **kwargs)
+            if getattr(config, "is_encoder_decoder", False):
+                model = model.get_encoder()
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.max_length = max_length
+        self.name_or_path = str(name_or_path)
+
+    @property
+    def dim(self) -> int:
+        """Embedding width E (4096 for T5-XXL)."""
+        cfg = self.model.config
+        return int(getattr(cfg, "d_model", None) or cfg.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, prompts: str | list[str]) -> dict[str, torch.Tensor]:
+        """Token ids and attention mask, padded to ``max_length`` (official tokenisation)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompts must be a string or a non-empty list of strings")
+        return self.tokenizer(
+            prompts,
+            max_length=self.max_length,
+            padding="max_length",
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+
+    @torch.no_grad()
+    def __call__(self, prompts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """prompts -> (emb [B, S, E] in the encoder dtype, mask [B, S] bool incl. EOS)."""
+        tokens = self.tokenize(prompts)
+        ids = tokens["input_ids"].to(self.device)
+        mask = tokens["attention_mask"].to(self.device)
+        emb = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return emb, mask.bool()
