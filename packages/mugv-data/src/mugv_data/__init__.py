@@ -5,8 +5,19 @@ Entry points:
   ``ShardError``.
 """
 
+from mugv_data.config import CurationConfig
+from mugv_data.pipeline import Pipeline, curate
 from mugv_data.shards import ShardError, ShardSet, ShardWriter, open_shards
 
 __version__ = "0.1.0"
 
-__all__ = ["ShardError", "ShardSet", "ShardWriter", "__version__", "open_shards"]
+__all__ = [
+    "CurationConfig",
+    "Pipeline",
+    "ShardError",
+    "ShardSet",
+    "ShardWriter",
+    "__version__",
+    "curate",
+    "open_shards",
+]

@@ -1,0 +1,119 @@
+"""Per-clip quality measures: sharpness, motion, perceptual hashes (paper §2.1 filters).
+
+Sharpness: variance of OpenCV's Laplacian of the grey frame (kept in [200, 2000] by
+default), averaged over frames spread over the clip. Motion: mean optical-flow magnitude in
+pixels per frame over three evenly spaced consecutive-frame pairs (start, middle, end),
+averaged (kept in [1, 20]); OpenCV Farneback by default, torchvision RAFT when weights are
+given. Perceptual hash: 64-bit DCT hash (32x32 grey, top-left 8x8 DCT block against its
+median) of a few frames, for near-duplicate search.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mugv_data.config import MotionConfig
+
+
+def evenly_spaced(start: int, end: int, n: int) -> list[int]:
+    """``n`` frame indices spread over ``[start, end)`` (first and last included)."""
+    if end <= start or n <= 0:
+        return []
+    if n == 1 or end - start == 1:
+        return [(start + end - 1) // 2]
+    return sorted({start + round(i * (end - 1 - start) / (n - 1)) for i in range(n)})
+
+
+def motion_pairs(start: int, end: int) -> list[tuple[int, int]]:
+    """Three consecutive-frame pairs at the start, middle and end of ``[start, end)``."""
+    if end - start < 2:
+        return []
+    mid = (start + end - 1) // 2
+    return sorted({(start, start + 1), (mid, mid + 1), (end - 2, end - 1)})
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def sharpness(frames: list[np.ndarray]) -> float:
+    """Mean Laplacian variance of the grey frames."""
+    import cv2
+
+    return float(np.mean([cv2.Laplacian(_grey(f), cv2.CV_64F).var() for f in frames]))
+
+
+def _resize_max(img: np.ndarray, max_side: int | None) -> np.ndarray:
+    import cv2
+
+    if max_side is None or max(img.shape[:2]) <= max_side:
+        return img
+    s = max_side / max(img.shape[:2])
+    return cv2.resize(
+        img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA
+    )
+
+
+def _farneback(a: np.ndarray, b: np.ndarray) -> float:
+    import cv2
+
+    flow = cv2.calcOpticalFlowFarneback(_grey(a), _grey(b), None, 0.5, 3, 15, 3, 5, 1.2, 0)
+    return float(np.linalg.norm(flow, axis=-1).mean())
+
+
+_RAFT_CACHE: dict[str, object] = {}
+
+
+def _raft(a: np.ndarray, b: np.ndarray, weights: str) -> float:
+    try:
+        from torchvision.models.optical_flow import raft_large
+    except ImportError:
+        raise ImportError(
+            "motion.backend='raft' needs torchvision (pip install torchvision); "
+            "or use motion.backend='farneback'"
+        ) from None
+    import torch
+
+    model = _RAFT_CACHE.get(weights)
+    if model is None:
+        model = raft_large(weights=None, progress=False)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model.eval()
+        _RAFT_CACHE[weights] = model
+
+    def prep(x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(x).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        h, w = t.shape[-2:]
+        return torch.nn.functional.pad(t, (0, (-w) % 8, 0, (-h) % 8), mode="replicate")
+
+    with torch.inference_mode():
+        flow = model(prep(a), prep(b))[-1][0]
+    h, w = a.shape[:2]
+    return float(flow[:, :h, :w].norm(dim=0).mean())
+
+
+def motion(pairs: list[tuple[np.ndarray, np.ndarray]], cfg: MotionConfig) -> float:
+    """Mean flow magnitude (pixels/frame at ``cfg.max_side`` or native size) over pairs."""
+    vals = []
+    for a, b in pairs:
+        a, b = _resize_max(a, cfg.max_side), _resize_max(b, cfg.max_side)
+        vals.append(
+            _farneback(a, b) if cfg.backend == "farneback" else _raft(a, b, cfg.raft_weights)
+        )
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def phash(rgb: np.ndarray) -> int:
+    """64-bit DCT perceptual hash of one frame."""
+    import cv2
+
+    small = cv2.resize(_grey(rgb), (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    block = cv2.dct(small)[:8, :8].ravel()
+    bits = block > np.median(block[1:])
+    return int(sum(1 << i for i, b in enumerate(bits) if b))
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
