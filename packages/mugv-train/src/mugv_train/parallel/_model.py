@@ -1,0 +1,335 @@
+"""MUG-DiT on Megatron-Core (reference §G.2): the same function as ``mugv_dit.MUGDiT``
+with the blocks built from a layer spec and Megatron's parameter names.
+
+Dimension legend: B batch, C latent channels, T latent frames, H/W latent height/width,
+h/w patch-grid height/width, L = T h w + 2 tokens, D hidden, K head dim, S text tokens,
+E text dim.
+
+Parameter names (Megatron layout, §G.2): ``x_embedder.proj``, ``timestep_embedder.mlp.{0,2}``,
+``fps_embedder.mlp.{0,2}``, ``timestep_block.1``, ``context_embedder.proj.{fc1,fc2}``,
+``start_token``, ``end_token``, ``decoder.layers.{i}.*``, ``final_layer.scale_shift_table.bias``,
+``final_layer.linear``. :mod:`mugv_train.parallel._convert` maps them to the mugv-dit layout.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+from torch import nn
+
+from mugv_dit import DiTConfig
+from mugv_train.config import ParallelConfig
+from mugv_train.parallel._layers import MUGDiTBlockStack, ScaleShiftTable
+from mugv_train.parallel._spec import mugdit_layer_spec
+
+
+def megatron_transformer_config(
+    model: DiTConfig, parallel: ParallelConfig | None = None
+) -> TransformerConfig:
+    """The Megatron ``TransformerConfig`` of a MUG-DiT size (flags of §G.5, fusions off on CPU)."""
+    parallel = parallel or ParallelConfig()
+    cuda = torch.cuda.is_available()
+    std = model.initializer_range
+    return TransformerConfig(
+        num_layers=model.depth,
+        hidden_size=model.hidden_size,
+        num_attention_heads=model.num_heads,
+        kv_channels=model.head_dim,
+        ffn_hidden_size=model.mlp_hidden_size,
+        add_bias_linear=True,
+        add_qkv_bias=True,
+        normalization="RMSNorm",
+        qk_layernorm=True,
+        layernorm_epsilon=model.qk_norm_eps,
+        activation_func=partial(F.gelu, approximate="tanh"),
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        use_cpu_initialization=not cuda,
+        tensor_model_parallel_size=parallel.tensor_parallel,
+        pipeline_model_parallel_size=parallel.pipeline_parallel,
+        init_method=partial(torch.nn.init.normal_, mean=0.0, std=std),
+        output_layer_init_method=partial(
+            torch.nn.init.normal_, mean=0.0, std=std / math.sqrt(2 * model.depth)
+        ),
+        recompute_granularity=None if parallel.recompute == "none" else parallel.recompute,
+        recompute_method="uniform" if parallel.recompute == "full" else None,
+        recompute_num_layers=1 if parallel.recompute == "full" else None,
+        fp8="hybrid" if parallel.fp8 else None,
+        bf16=parallel.precision == "bf16",
+    )
+
+
+def timestep_sinusoid(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
+    """[cos(t f_k) | sin(t f_k)] with f_k = exp(-ln(max_period) k / (dim/2)) (§A.3): [B, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs.to(t.device)[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class _ScalarEmbedder(nn.Module):
+    """sinusoid(256) -> Linear -> SiLU -> Linear (timestep and fps embedders)."""
+
+    def __init__(self, hidden: int, freq_dim: int) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_sinusoid(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+class _CaptionProj(nn.Module):
+    def __init__(self, text_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(text_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+
+
+class _ContextEmbedder(nn.Module):
+    """pre-LN(E, no affine) -> fc1 -> GELU(tanh) -> fc2 -> post-LN(D, no affine) (§A.3)."""
+
+    def __init__(self, text_dim: int, hidden: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.proj = _CaptionProj(text_dim, hidden)
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(text, text.shape[-1:], eps=self.eps)
+        y = self.proj.fc2(F.gelu(self.proj.fc1(y), approximate="tanh"))
+        return F.layer_norm(y, y.shape[-1:], eps=self.eps)
+
+
+class _PatchEmbed(nn.Module):
+    def __init__(self, patch: tuple[int, int, int], in_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv3d(in_channels, hidden, kernel_size=patch, stride=patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, T, H, W] -> [B, D, T/pt, h, w], zero-padding to a multiple of the patch."""
+        pads = []
+        for size, p in zip(reversed(x.shape[2:]), reversed(self.patch)):
+            pads += [0, (-size) % p]
+        return self.proj(F.pad(x, pads))
+
+
+class _FinalLayer(nn.Module):
+    def __init__(self, hidden: int, out_features: int) -> None:
+        super().__init__()
+        self.scale_shift_table = ScaleShiftTable(2, hidden, torch.float32)
+        self.linear = nn.Linear(hidden, out_features)
+        self.eps = 1e-6
+
+    def forward(self, x: torch.Tensor, t_vec: torch.Tensor) -> torch.Tensor:
+        """x: [B, N, D]; t_vec: [B, N, D] (t or t0 per token) -> [B, N, out]."""
+        shift, scale = self.scale_shift_table(t_vec.repeat(1, 1, 2)).unbind(-2)
+        y = F.layer_norm(x.float(), x.shape[-1:], eps=self.eps) * (1 + scale) + shift
+        return self.linear(y.to(self.linear.weight.dtype))
+
+
+def rope_angles(
+    frame_index: torch.Tensor,
+    grid: tuple[int, int],
+    head_dim: int,
+    theta: float,
+    space_max: int,
+    time_max: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of the 3D RoPE per token (§A.8): [L, B, 1, K/2] each.
+
+    frame_index: [B, T + 2] positions of (start, frames..., end); the start token sits at
+    (h 0, w 0, t frame_index[0]) and the end token at (h-1, w-1, t frame_index[T+1]).
+    """
+    b, t2 = frame_index.shape
+    gh, gw = grid
+    n_freq = head_dim // 6
+    dev = frame_index.device
+    inv = theta ** (-6.0 * torch.arange(n_freq, dtype=torch.float32, device=dev) / head_dim)
+    t_idx = frame_index.clamp(max=time_max - 1).float()
+    rows = torch.arange(gh, device=dev).repeat_interleave(gw).float()
+    cols = torch.arange(gw, device=dev).repeat(gh).float()
+    t_frames = t2 - 2
+    hh = torch.cat([rows.new_zeros(1), rows.repeat(t_frames), rows.new_full((1,), gh - 1)]).clamp(
+        max=space_max - 1
+    )
+    ww = torch.cat([cols.new_zeros(1), cols.repeat(t_frames), cols.new_full((1,), gw - 1)]).clamp(
+        max=space_max - 1
+    )
+    tt = torch.cat(
+        [t_idx[:, :1], t_idx[:, 1:-1].repeat_interleave(gh * gw, dim=1), t_idx[:, -1:]], dim=1
+    )  # [B, L]
+    ang = torch.cat(
+        [
+            (hh[:, None] * inv).unsqueeze(1).expand(-1, b, -1),
+            (ww[:, None] * inv).unsqueeze(1).expand(-1, b, -1),
+            tt.t()[:, :, None] * inv,
+        ],
+        dim=-1,
+    )  # [L, B, K/2]
+    return ang.cos()[:, :, None, :], ang.sin()[:, :, None, :]
+
+
+class MegatronMUGDiT(MegatronModule):
+    """MUG-DiT with Megatron-Core blocks (tensor parallel over the heads and MLP columns).
+
+    ``forward`` has the signature and semantics of ``mugv_dit.MUGDiT.forward``:
+    x [B, C, T, H, W], timestep [B] on 0-1000, text [B, S, E], text_mask [B, S], fps [B],
+    x_mask [B, T] bool (True = generate), frame_indices [B, T + 2] -> float32 [B, 2C, T, H, W].
+    """
+
+    def __init__(self, model: DiTConfig, parallel: ParallelConfig | None = None) -> None:
+        parallel = parallel or ParallelConfig()
+        config = megatron_transformer_config(model, parallel)
+        super().__init__(config=config)
+        self.dit_config = model
+        self.parallel = parallel
+        d = model.hidden_size
+        self.x_embedder = _PatchEmbed(model.patch_size, model.in_channels, d)
+        self.timestep_embedder = _ScalarEmbedder(d, model.frequency_embedding_size)
+        self.fps_embedder = _ScalarEmbedder(d, model.frequency_embedding_size)
+        self.timestep_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.context_embedder = _ContextEmbedder(model.text_dim, d, model.caption_norm_eps)
+        self.start_token = nn.Parameter(torch.randn(d) * model.initializer_range)
+        self.end_token = nn.Parameter(torch.randn(d) * model.initializer_range)
+        self.decoder = MUGDiTBlockStack(
+            config, mugdit_layer_spec(parallel.transformer_impl), 0, model.depth
+        )
+        self.final_layer = _FinalLayer(d, model.patch_volume * model.out_channels)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        fps: torch.Tensor | float | None = None,
+        x_mask: torch.Tensor | None = None,
+        frame_indices: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        cfg = self.dit_config
+        b, c, t, hgt, wid = x.shape
+        if c != cfg.in_channels or text.shape[-1] != cfg.text_dim:
+            raise ValueError(
+                f"input has {c} latent channels and text dim {text.shape[-1]}; the model expects "
+                f"{cfg.in_channels} and {cfg.text_dim}"
+            )
+        dtype = self.x_embedder.proj.weight.dtype
+        # 1. patchify: [B, C, T, H, W] -> [B, N, D], N = T h w (t-major)
+        tokens = self.x_embedder(x.to(dtype))
+        gt, gh, gw = tokens.shape[2:]
+        tokens = tokens.flatten(2).transpose(1, 2)
+        # 2. conditioning: t and t0 embeddings plus fps (§A.3)
+        fps_t = torch.as_tensor(
+            cfg.default_fps if fps is None else fps, device=x.device, dtype=torch.float32
+        )
+        fps_t = fps_t.reshape(-1).expand(b) if fps_t.numel() == 1 else fps_t.reshape(b)
+        fps_emb = self.fps_embedder(fps_t)
+        t_vec = self.timestep_embedder(timestep.reshape(b).float()) + fps_emb
+        t0_vec = self.timestep_embedder(torch.zeros_like(timestep.reshape(b)).float()) + fps_emb
+        t_mlp, t0_mlp = self.timestep_block(t_vec), self.timestep_block(t0_vec)
+        # 3. caption: embed, keep padded with a key mask (equivalent to the packed varlen form)
+        s = text.shape[1]
+        tmask = (
+            torch.ones(b, s, dtype=torch.bool, device=x.device)
+            if text_mask is None
+            else text_mask.bool()
+        )
+        context = self.context_embedder(text.to(dtype)).transpose(0, 1)  # [S, B, D]
+        # 4. sequence [start, tokens, end] with per-token choice of t / t0 modulation (§A.4)
+        seq = torch.cat(
+            [self.start_token.expand(b, 1, -1), tokens, self.end_token.expand(b, 1, -1)], dim=1
+        ).transpose(0, 1)  # [L, B, D]
+        frame_mask = (
+            torch.ones(b, t, dtype=torch.bool, device=x.device) if x_mask is None else x_mask.bool()
+        )
+        if frame_mask.shape != (b, t):
+            raise ValueError(f"x_mask must be [B, T] = {(b, t)}, got {tuple(frame_mask.shape)}")
+        tok_mask = frame_mask.repeat_interleave(gh * gw, dim=1)
+        tok_mask = F.pad(tok_mask, (1, 1), value=False).t()  # [L, B]
+        mod = torch.where(tok_mask[..., None], t_mlp[None], t0_mlp[None])  # [L, B, 6D]
+        if frame_indices is None:
+            frame_indices = torch.arange(t + 2, device=x.device).expand(b, -1)
+        rope = rope_angles(
+            frame_indices,
+            (gh, gw),
+            cfg.head_dim,
+            cfg.rope_theta,
+            cfg.rope_space_positions,
+            cfg.rope_time_positions,
+        )
+        # 5. blocks
+        seq = self.decoder(seq, mod, context, tmask, rope, None)
+        # 6. final layer on the video tokens, t / t0 chosen per token
+        vec = torch.where(tok_mask[1:-1, :, None], t_vec[None], t0_vec[None]).transpose(0, 1)
+        out = self.final_layer(seq[1:-1].transpose(0, 1), vec).float()  # [B, N, p * 2C]
+        # 7. unpatchify: per token (pt, ph, pw, C_out) with C_out fastest (§A.9), then crop
+        pt, ph, pw = cfg.patch_size
+        co = cfg.out_channels
+        out = out.view(b, gt, gh, gw, pt, ph, pw, co).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        out = out.reshape(b, co, gt * pt, gh * ph, gw * pw)
+        return out[:, :, :t, :hgt, :wid]
+
+
+def load_full_state_dict(
+    model: MegatronMUGDiT, state: dict[str, torch.Tensor], strict: bool = True
+) -> None:
+    """Load a full (TP 1) Megatron state dict into this rank's shard of ``model``."""
+    from megatron.core import parallel_state
+
+    from mugv_train.parallel._convert import shard_for_tensor_parallel
+
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    size = parallel_state.get_tensor_model_parallel_world_size()
+    shard = shard_for_tensor_parallel(
+        {k: v for k, v in state.items() if not k.endswith("_extra_state")}, rank, size
+    )
+    own = model.state_dict()
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in shard.items()
+        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
+    ]
+    if mismatched:
+        raise ValueError(
+            "checkpoint does not fit this model (different DiTConfig?): "
+            + "; ".join(mismatched[:5])
+        )
+    missing, unexpected = model.load_state_dict(shard, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+def full_state_dict(model: MegatronMUGDiT) -> dict[str, torch.Tensor]:
+    """Gather the tensor-parallel shards into one full (TP 1) Megatron state dict (all ranks)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from mugv_train.parallel._convert import merge_tensor_parallel
+
+    local = {k: v.detach() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    size = parallel_state.get_tensor_model_parallel_world_size()
+    if size == 1:
+        return {k: v.clone() for k, v in local.items()}
+    group = parallel_state.get_tensor_model_parallel_group()
+    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(size)]
+    for key, value in local.items():
+        parts = [torch.empty_like(value) for _ in range(size)]
+        dist.all_gather(parts, value.contiguous(), group=group)
+        for r in range(size):
+            shards[r][key] = parts[r]
+    return merge_tensor_parallel(shards)

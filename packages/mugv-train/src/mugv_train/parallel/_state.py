@@ -1,0 +1,75 @@
+"""Process groups and seeding for Megatron-Core on GPU (NCCL) or CPU (gloo)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from mugv_train.config import ParallelConfig
+
+
+def init_distributed(parallel: ParallelConfig, *, timeout_s: float = 600.0) -> tuple[int, int]:
+    """Initialise torch.distributed (from torchrun's env, or a 1-process group) and Megatron's
+    model-parallel groups. Returns (rank, world_size). Idempotent."""
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if "RANK" not in os.environ:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            if "MASTER_PORT" not in os.environ:
+                import socket
+
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(
+            "nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
+        )
+    world = dist.get_world_size()
+    tp, pp = parallel.tensor_parallel, parallel.pipeline_parallel
+    if world % (tp * pp):
+        raise ValueError(
+            f"world size {world} is not divisible by tensor_parallel x pipeline_parallel = {tp * pp}"
+        )
+    if parallel_state.model_parallel_is_initialized():
+        if parallel_state.get_tensor_model_parallel_world_size() != tp:
+            parallel_state.destroy_model_parallel()
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
+        )
+    return dist.get_rank(), world
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch; on CUDA also Megatron's per-TP-rank RNG tracker."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+        model_parallel_cuda_manual_seed(seed)
+
+
+def tp_rank_and_size() -> tuple[int, int]:
+    return (
+        parallel_state.get_tensor_model_parallel_rank(),
+        parallel_state.get_tensor_model_parallel_world_size(),
+    )
+
+
+def data_parallel_group() -> dist.ProcessGroup:
+    return parallel_state.get_data_parallel_group()
+
+
+def data_parallel_rank_and_size() -> tuple[int, int]:
+    return parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()

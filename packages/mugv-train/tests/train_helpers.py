@@ -1,0 +1,26 @@
+"""Helpers shared by the mugv-train tests (module name kept unique across the workspace)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def tiny_dit_config(**overrides):
+    from mugv_dit import DiTConfig
+
+    base = dict(depth=2, hidden_size=48, num_heads=2, in_channels=4, text_dim=16)
+    base.update(overrides)
+    return DiTConfig(**base)
+
+
+def tiny_inputs(cfg, b=2, t=3, h=6, w=4, s=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, cfg.in_channels, t, h, w, generator=g)
+    timestep = torch.tensor([37.0, 810.0][:b])
+    text = torch.randn(b, s, cfg.text_dim, generator=g)
+    text_mask = torch.ones(b, s, dtype=torch.bool)
+    text_mask[0, 3:] = False
+    fps = torch.tensor([24.0, 30.0][:b])
+    x_mask = torch.ones(b, t, dtype=torch.bool)
+    x_mask[0, 0] = False
+    return dict(x=x, timestep=timestep, text=text, text_mask=text_mask, fps=fps, x_mask=x_mask)
