@@ -22,7 +22,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
 
-from mugv_dit import DiTConfig
+from mugv_dit import DiTConfig, Mlp, PatchEmbed3D, TimestepEmbedder
 from mugv_train.config import ParallelConfig
 from mugv_train.parallel._layers import MUGDiTBlockStack, ScaleShiftTable
 from mugv_train.parallel._spec import mugdit_layer_spec
@@ -70,59 +70,20 @@ def megatron_transformer_config(
     )
 
 
-def timestep_sinusoid(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """[cos(t f_k) | sin(t f_k)] with f_k = exp(-ln(max_period) k / (dim/2)) (§A.3): [B, dim]."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs.to(t.device)[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
-class _ScalarEmbedder(nn.Module):
-    """sinusoid(256) -> Linear -> SiLU -> Linear (timestep and fps embedders)."""
-
-    def __init__(self, hidden: int, freq_dim: int) -> None:
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_sinusoid(t, self.freq_dim).to(self.mlp[0].weight.dtype))
-
-
-class _CaptionProj(nn.Module):
-    def __init__(self, text_dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(text_dim, hidden)
-        self.fc2 = nn.Linear(hidden, hidden)
-
-
 class _ContextEmbedder(nn.Module):
-    """pre-LN(E, no affine) -> fc1 -> GELU(tanh) -> fc2 -> post-LN(D, no affine) (§A.3)."""
+    """pre-LN(E, no affine) -> fc1 -> GELU(tanh) -> fc2 -> post-LN(D, no affine) (§A.3).
+
+    mugv-dit's ``Mlp`` under Megatron's name ``proj`` (``context_embedder.proj.fc{1,2}``).
+    """
 
     def __init__(self, text_dim: int, hidden: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
-        self.proj = _CaptionProj(text_dim, hidden)
+        self.proj = Mlp(text_dim, hidden, hidden)
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
-        y = F.layer_norm(text, text.shape[-1:], eps=self.eps)
-        y = self.proj.fc2(F.gelu(self.proj.fc1(y), approximate="tanh"))
+        y = self.proj(F.layer_norm(text, text.shape[-1:], eps=self.eps))
         return F.layer_norm(y, y.shape[-1:], eps=self.eps)
-
-
-class _PatchEmbed(nn.Module):
-    def __init__(self, patch: tuple[int, int, int], in_channels: int, hidden: int) -> None:
-        super().__init__()
-        self.patch = patch
-        self.proj = nn.Conv3d(in_channels, hidden, kernel_size=patch, stride=patch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, T, H, W] -> [B, D, T/pt, h, w], zero-padding to a multiple of the patch."""
-        pads = []
-        for size, p in zip(reversed(x.shape[2:]), reversed(self.patch)):
-            pads += [0, (-size) % p]
-        return self.proj(F.pad(x, pads))
 
 
 class _FinalLayer(nn.Module):
@@ -196,9 +157,9 @@ class MegatronMUGDiT(MegatronModule):
         self.dit_config = model
         self.parallel = parallel
         d = model.hidden_size
-        self.x_embedder = _PatchEmbed(model.patch_size, model.in_channels, d)
-        self.timestep_embedder = _ScalarEmbedder(d, model.frequency_embedding_size)
-        self.fps_embedder = _ScalarEmbedder(d, model.frequency_embedding_size)
+        self.x_embedder = PatchEmbed3D(model.patch_size, model.in_channels, d)
+        self.timestep_embedder = TimestepEmbedder(d, model.frequency_embedding_size)
+        self.fps_embedder = TimestepEmbedder(d, model.frequency_embedding_size)
         self.timestep_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.context_embedder = _ContextEmbedder(model.text_dim, d, model.caption_norm_eps)
         self.start_token = nn.Parameter(torch.randn(d) * model.initializer_range)
@@ -235,9 +196,10 @@ class MegatronMUGDiT(MegatronModule):
             cfg.default_fps if fps is None else fps, device=x.device, dtype=torch.float32
         )
         fps_t = fps_t.reshape(-1).expand(b) if fps_t.numel() == 1 else fps_t.reshape(b)
-        fps_emb = self.fps_embedder(fps_t)
-        t_vec = self.timestep_embedder(timestep.reshape(b).float()) + fps_emb
-        t0_vec = self.timestep_embedder(torch.zeros_like(timestep.reshape(b)).float()) + fps_emb
+        fps_emb = self.fps_embedder(fps_t.to(dtype))
+        # the timestep is cast to the model dtype before the sinusoid, as in the official code
+        t_vec = self.timestep_embedder(timestep.reshape(b).to(dtype)) + fps_emb
+        t0_vec = self.timestep_embedder(torch.zeros(b, device=x.device, dtype=dtype)) + fps_emb
         t_mlp, t0_mlp = self.timestep_block(t_vec), self.timestep_block(t0_vec)
         # 3. caption: embed, keep padded with a key mask (equivalent to the packed varlen form)
         s = text.shape[1]
@@ -256,11 +218,15 @@ class MegatronMUGDiT(MegatronModule):
         )
         if frame_mask.shape != (b, t):
             raise ValueError(f"x_mask must be [B, T] = {(b, t)}, got {tuple(frame_mask.shape)}")
+        pt = cfg.patch_size[0]  # a temporal patch is generated if any of its frames is
+        frame_mask = F.pad(frame_mask, (0, (-t) % pt), value=False).view(b, gt, pt).any(-1)
         tok_mask = frame_mask.repeat_interleave(gh * gw, dim=1)
         tok_mask = F.pad(tok_mask, (1, 1), value=False).t()  # [L, B]
         mod = torch.where(tok_mask[..., None], t_mlp[None], t0_mlp[None])  # [L, B, 6D]
         if frame_indices is None:
-            frame_indices = torch.arange(t + 2, device=x.device).expand(b, -1)
+            frame_indices = torch.arange(gt + 2, device=x.device).expand(b, -1)
+        elif frame_indices.dim() == 1:
+            frame_indices = frame_indices.expand(b, -1)
         rope = rope_angles(
             frame_indices,
             (gh, gw),
