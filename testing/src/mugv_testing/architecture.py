@@ -145,6 +145,10 @@ def check(root: str | Path) -> list[Violation]:
                     continue
                 if top in stdlib or top == "__future__" or (in_tests and top in TEST_TOOLS):
                     continue
+                if (path.parent / f"{top}.py").exists() or (
+                    path.parent / top / "__init__.py"
+                ).exists():
+                    continue  # a helper module next to the importing file (tests, benchmarks)
                 dists = {_norm(d) for d in dist_of.get(top, [])} or {_norm(top)}
                 if not dists & declared:
                     violations.append(
