@@ -239,10 +239,10 @@ class MUGDiT(nn.Module):
         Returns float32 [B, 2C, T, H, W] (channels :C are the velocity x0 - noise).
         """
         cfg = self.config
-        B, _, T, H, W = x.shape
         timestep, text, text_mask, fps, x_mask = self._check_inputs(
             x, timestep, text, text_mask, fps, x_mask
         )
+        B, _, T, H, W = x.shape
         dtype = self.dtype
         kernel_backend = resolve_kernel_backend(cfg.kernel_backend, x.device)
 
@@ -266,7 +266,8 @@ class MUGDiT(nn.Module):
         end = self.end_token.to(dtype).expand(B, 1, -1)
         tokens = torch.cat([start, tokens, end], dim=1)
         pt = cfg.patch_size[0]
-        frame_mask = nn.functional.pad(x_mask, (0, (-T) % pt), value=True).view(B, Tp, pt).any(-1)
+        # a temporal patch (pt > 1; the official pt is 1) is generated if any of its frames is
+        frame_mask = nn.functional.pad(x_mask, (0, (-T) % pt), value=False).view(B, Tp, pt).any(-1)
         edge = frame_mask.new_zeros(B, 1)
         use_t = torch.cat([edge, frame_mask.repeat_interleave(Hp * Wp, dim=1), edge], dim=1)
 
