@@ -1,0 +1,157 @@
+"""Checkpoints: atomic, resumable, and exportable to the mugv-dit format.
+
+Layout (``<output_dir>/checkpoints``)::
+
+    step_00000100/            one complete checkpoint
+        meta.json             format version, step, TP size, DiTConfig, run name
+        model_tp{r}.pt        this TP rank's shard of the model (written by DP rank 0)
+        optim_tp{r}.pt        optimizer state of that shard (written by DP rank 0)
+        trainer_dp{d}.pt      step, LR scheduler, data position, RNG states, EMA, history
+                              (one per DP rank: data positions differ per rank)
+    latest                    name of the newest complete checkpoint (atomic text file)
+
+Atomicity: every rank writes into ``step_XXXXXXXX.partial/``; after a barrier rank 0 renames
+it to ``step_XXXXXXXX`` and then rewrites ``latest``. A crash or a full disk during a save
+leaves a ``.partial`` folder that is ignored and removed later: the last good checkpoint is
+never touched. This per-rank torch format is the CPU equivalent of Megatron's torch_dist
+(the Megatron converter in :mod:`mugv_train.parallel` stacks layers for that layout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mugv_train._io import atomic_torch_save, atomic_write_text, fsync_dir
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or does not fit the run."""
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _step_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under ``root`` (or None)."""
+    root = Path(root)
+    pointer = root / "latest"
+    if pointer.exists():
+        path = root / pointer.read_text().strip()
+        if (path / "meta.json").exists():
+            return path
+    done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".partial"))
+    done = [p for p in done if (p / "meta.json").exists()]
+    return done[-1] if done else None
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    *,
+    model_state: dict[str, torch.Tensor],
+    optim_state: dict[str, Any],
+    trainer_state: dict[str, Any],
+    meta: dict[str, Any],
+    tp_rank: int,
+    dp_rank: int,
+    keep_last: int = 0,
+) -> Path:
+    """Write one checkpoint collectively (every rank calls this). Returns the final folder."""
+    root = Path(root)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    final = root / _step_name(step)
+    partial = root / (_step_name(step) + ".partial")
+    error: BaseException | None = None
+    try:
+        if rank == 0:
+            if partial.exists():
+                shutil.rmtree(partial)
+            partial.mkdir(parents=True)
+        _barrier()
+        if dp_rank == 0:
+            atomic_torch_save(model_state, partial / f"model_tp{tp_rank}.pt")
+            atomic_torch_save(optim_state, partial / f"optim_tp{tp_rank}.pt")
+        if tp_rank == 0:
+            atomic_torch_save(trainer_state, partial / f"trainer_dp{dp_rank}.pt")
+    except OSError as exc:
+        error = exc
+    failed = torch.tensor([1 if error else 0])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(failed)
+    if failed.item():
+        if rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+        _barrier()
+        raise CheckpointError(
+            f"saving the step-{step} checkpoint failed ({error or 'on another rank'}); the last "
+            f"complete checkpoint in {root} is intact. Free disk space and resume."
+        ) from error
+    _barrier()
+    if rank == 0:
+        atomic_write_text(
+            partial / "meta.json",
+            json.dumps({**meta, "format_version": FORMAT_VERSION, "step": step}),
+        )
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        fsync_dir(root)
+        atomic_write_text(root / "latest", final.name)
+        if keep_last > 0:
+            done = sorted(
+                p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".partial")
+            )
+            for old in done[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        for stale in root.glob("step_*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def load_checkpoint(
+    path: Path, *, tp_rank: int, dp_rank: int, expect: dict[str, Any]
+) -> dict[str, Any]:
+    """Read this rank's part of a checkpoint, checking that it fits the run.
+
+    ``expect`` holds the meta fields that must match (e.g. the DiTConfig and TP size); a
+    mismatch raises :class:`CheckpointError` naming the field.
+    """
+    path = Path(path)
+    meta = json.loads((path / "meta.json").read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}"
+        )
+    for key, value in expect.items():
+        if meta.get(key) != value:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run: {key} is {meta.get(key)!r} there and "
+                f"{value!r} here. Resume with the same settings, or start a new output_dir."
+            )
+    trainer = path / f"trainer_dp{dp_rank}.pt"
+    if not trainer.exists():
+        raise CheckpointError(
+            f"{trainer} is missing: the checkpoint was written with a different DP size"
+        )
+    return {
+        "meta": meta,
+        "model": torch.load(path / f"model_tp{tp_rank}.pt", weights_only=False),
+        "optim": torch.load(path / f"optim_tp{tp_rank}.pt", weights_only=False),
+        "trainer": torch.load(trainer, weights_only=False),
+    }

@@ -1,0 +1,474 @@
+"""`train(config)`: the training loop, the same code on a CPU and on a GPU cluster.
+
+One step (per data-parallel rank): take a bucketed micro-batch, draw tasks, timesteps and
+noise from a generator seeded by (seed, step, DP rank) (so a resumed run draws the same
+numbers), noise the latents, predict the velocity, compute the objective, all-reduce the
+gradients over the DP group, clip, step AdamW, update the EMA, log, and checkpoint.
+A NaN/inf loss skips the step (counted); ``max_nonfinite_steps`` in a row stop the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mugv_train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from mugv_train.config import TrainConfig
+from mugv_train.data_loading import Batch, Prefetcher, ShardStream, open_shard_roots
+from mugv_train.ema import OnlineEMA
+from mugv_train.flops import dit_flops_per_sample, peak_flops
+from mugv_train.objectives import (
+    add_noise,
+    diffusion_dpo_loss,
+    diffusion_kto_loss,
+    drop_captions,
+    per_sample_flow_loss,
+    sample_tasks,
+    sample_timesteps,
+    task_weights,
+    task_x_mask,
+)
+from mugv_train.parallel import (
+    MegatronMUGDiT,
+    dit_to_megatron,
+    full_state_dict,
+    init_distributed,
+    load_full_state_dict,
+    megatron_to_dit,
+    seed_everything,
+)
+from mugv_train.parallel._state import (
+    data_parallel_group,
+    data_parallel_rank_and_size,
+    tp_rank_and_size,
+)
+from mugv_train.schedules import lr_at
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps produced a NaN or inf loss."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns (rank 0 holds the full history)."""
+
+    output_dir: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    export_dir: Path | None = None
+    ema_export_dir: Path | None = None
+    skipped_nonfinite: int = 0
+    skipped_corrupt: int = 0
+
+    @property
+    def losses(self) -> list[float]:
+        return [h["loss"] for h in self.history]
+
+    def plot(self, path: str | Path | None = None):
+        """Plot the loss curve with matplotlib; saves to ``path`` if given. Returns the figure."""
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([h["step"] for h in self.history], self.losses, lw=1)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=120)
+        return fig
+
+
+def _initial_dit_state(config: TrainConfig) -> dict[str, torch.Tensor]:
+    """mugv-dit state dict to start from: a pretrained folder or a fresh mugv-dit init."""
+    from mugv_dit import MUGDiT
+
+    if config.init_from:
+        dit = MUGDiT.from_pretrained(config.init_from)
+        if dit.config.replace(extra={}) != config.model.replace(extra={}):
+            raise ValueError(
+                f"init_from {config.init_from} holds a {dit.config.hidden_size}-wide, "
+                f"{dit.config.depth}-deep model; the run expects {config.model.hidden_size} x "
+                f"{config.model.depth}. Fix model.* or init_from."
+            )
+        return dit.state_dict()
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        return MUGDiT(config.model).state_dict()
+
+
+class _Logger:
+    def __init__(self, config: TrainConfig, rank: int) -> None:
+        self.rank, self.tb, self.wandb, self.bar = rank, None, None, None
+        if rank != 0:
+            return
+        if config.log.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(config.output_dir) / "tensorboard"))
+        if config.log.wandb:
+            import wandb
+
+            self.wandb = wandb.init(project="mugv-train", name=config.name, config=config.to_dict())
+
+    def progress(self, config: TrainConfig, start: int):
+        if self.rank == 0 and config.log.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=config.train_steps, initial=start, desc=config.name, unit="step")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def tick(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _allreduce_grads(params: list[torch.nn.Parameter], dp_size: int) -> None:
+    """Average gradients over the data-parallel group (one flat buffer, one collective)."""
+    if dp_size == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=data_parallel_group())
+    flat /= dp_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip by the global norm; tensor-parallel shards contribute their own slices once."""
+    from megatron.core import parallel_state
+
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    sq = torch.zeros((), dtype=torch.float64)
+    for p in params:
+        if p.grad is None:
+            continue
+        g2 = p.grad.detach().double().pow(2).sum()
+        # replicated parameters are counted once per TP rank: scale them to count once
+        sq += g2 if getattr(p, "tensor_model_parallel", False) or tp_size == 1 else g2 / tp_size
+    if tp_size > 1:
+        dist.all_reduce(sq, group=parallel_state.get_tensor_model_parallel_group())
+    norm = math.sqrt(sq.item())
+    if max_norm > 0 and norm > max_norm:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(max_norm / (norm + 1e-6))
+    return norm
+
+
+def _prepare(batch: Batch, config: TrainConfig, step: int, dp_rank: int, null_text: torch.Tensor):
+    """Tasks, masks, timesteps, noise and the noisy input for one batch (seeded per step)."""
+    g = torch.Generator().manual_seed(hash((config.seed, step, dp_rank)) % 2**63)
+    x0 = batch.latent
+    b, _, t = x0.shape[:3]
+    tasks = sample_tasks([t] * b, config.objective.task_mix, generator=g)
+    x_mask = task_x_mask(tasks, t, generator=g)
+    timesteps = sample_timesteps(
+        b,
+        height_px=batch.height,
+        width_px=batch.width,
+        num_latent_frames=float(t),
+        generator=g,
+        shift=config.objective.timestep_shift,
+    )
+    noise = torch.randn(x0.shape, generator=g)
+    text, _ = drop_captions(
+        batch.text, batch.text_mask, null_text, config.objective.caption_dropout, generator=g
+    )
+    return dict(
+        x0=x0, noise=noise, tasks=tasks, x_mask=x_mask, timesteps=timesteps, text=text,
+        xt=add_noise(x0, noise, timesteps, x_mask),
+    )  # fmt: skip
+
+
+def _forward_loss(
+    model, ref_model, batch: Batch, prep: dict, config: TrainConfig, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scalar loss and the per-sample flow losses [B]."""
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if config.parallel.precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    args = dict(
+        timestep=prep["timesteps"].to(device), text=prep["text"].to(device),
+        text_mask=batch.text_mask.to(device), fps=batch.fps.to(device), x_mask=prep["x_mask"].to(device),
+    )  # fmt: skip
+    with autocast:
+        pred = model(prep["xt"].to(device), **args)
+    x0, noise, mask = prep["x0"].to(device), prep["noise"].to(device), prep["x_mask"].to(device)
+    per_sample = per_sample_flow_loss(pred, x0, noise, mask)
+    weights = task_weights(prep["tasks"], config.objective.task_weights).to(device)
+    sft = (per_sample * weights).mean()
+    kind = config.objective.kind
+    if kind == "flow":
+        return sft, per_sample.detach()
+    with torch.no_grad(), autocast:
+        ref_err = per_sample_flow_loss(ref_model(prep["xt"].to(device), **args), x0, noise, mask)
+    if kind == "dpo":
+        # a DPO batch holds pairs: even rows preferred, odd rows rejected (same prompt)
+        if per_sample.shape[0] % 2:
+            raise ValueError(
+                "a DPO micro-batch must hold (preferred, rejected) pairs: use an even batch_size"
+            )
+        pref = diffusion_dpo_loss(
+            per_sample[0::2], per_sample[1::2], ref_err[0::2], ref_err[1::2], config.objective.beta
+        )
+        sft = per_sample[0::2].mean()
+    else:
+        labels = batch.extra.get("label")
+        if labels is None:
+            raise ValueError("KTO needs a boolean 'label' column in the shards (True = desirable)")
+        good = torch.tensor([bool(v) for v in labels], device=device)
+        pref = diffusion_kto_loss(
+            per_sample, ref_err, good, config.objective.beta,
+            lambda_desirable=config.objective.kto_lambda_desirable,
+            lambda_undesirable=config.objective.kto_lambda_undesirable,
+        )  # fmt: skip
+        sft = per_sample[good].mean() if good.any() else per_sample.sum() * 0
+    return pref + config.objective.sft_weight * sft, per_sample.detach()
+
+
+def export_mugv_dit(
+    model: MegatronMUGDiT, out_dir: Path, state: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """Write the model (or ``state``, a full Megatron state dict) in the mugv-dit layout."""
+    from mugv_dit import MUGDiT
+
+    full = full_state_dict(model) if state is None else state
+    dit = MUGDiT(model.dit_config)
+    dit.load_state_dict(megatron_to_dit(full, model.dit_config.num_heads))
+    return Path(dit.save_pretrained(out_dir))
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run (or resume) the training described by ``config``. Call it from torchrun or plain Python."""
+    out = Path(config.output_dir)
+    rank, _ = init_distributed(config.parallel)
+    tp_rank, _ = tp_rank_and_size()
+    dp_rank, dp_size = data_parallel_rank_and_size()
+    seed_everything(config.seed)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        config.to_json(out / "config.json")
+
+    # model (every rank builds its TP shard from the same full mugv-dit weights)
+    model = MegatronMUGDiT(config.model, config.parallel).to(device)
+    initial = dit_to_megatron(_initial_dit_state(config), config.model.num_heads)
+    load_full_state_dict(model, initial)
+    ref_model = None
+    if config.objective.kind != "flow":
+        ref_model = MegatronMUGDiT(config.model, config.parallel).to(device).eval()
+        ref_state = initial
+        if config.reference_from:
+            ref_state = dit_to_megatron(
+                _initial_dit_state(dataclasses.replace(config, init_from=config.reference_from)),
+                config.model.num_heads,
+            )
+        load_full_state_dict(ref_model, ref_state)
+        ref_model.requires_grad_(False)
+    if config.lora is not None:
+        from mugv_train.lora import add_lora
+
+        add_lora(model, config.lora)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        params, lr=config.optim.lr, betas=config.optim.betas, eps=config.optim.eps,
+        weight_decay=config.optim.weight_decay, foreach=False,
+    )  # fmt: skip
+    ema = OnlineEMA(model, config.ema.decay, config.ema.interval) if config.ema else None
+
+    stream = ShardStream(
+        open_shard_roots(config.data.shards), config.data, dp_rank=dp_rank, dp_size=dp_size,
+        seed=config.seed, total_steps=config.train_steps,
+    )  # fmt: skip
+    null_text = torch.randn(
+        config.data.null_text_tokens,
+        config.model.text_dim,
+        generator=torch.Generator().manual_seed(config.seed),
+    ) / math.sqrt(config.model.text_dim)  # the official drop_emb: randn / sqrt(E) (§G.3)
+
+    # resume
+    ckpt_root = out / "checkpoints"
+    history: list[dict[str, float]] = []
+    start, skipped_nonfinite, skipped_corrupt = 0, 0, 0
+    meta = {
+        "model": config.model.to_dict(),
+        "tensor_parallel": config.parallel.tensor_parallel,
+        "data_parallel": dp_size,
+        "lora": dataclasses.asdict(config.lora) if config.lora else None,
+    }
+    latest = latest_checkpoint(ckpt_root) if config.checkpoint.resume else None
+    if latest is not None:
+        ck = load_checkpoint(latest, tp_rank=tp_rank, dp_rank=dp_rank, expect=meta)
+        model.load_state_dict(ck["model"], strict=False)
+        opt.load_state_dict(ck["optim"])
+        tr = ck["trainer"]
+        start, history = tr["step"], tr["history"]
+        skipped_nonfinite, skipped_corrupt = tr["skipped_nonfinite"], tr["skipped_corrupt"]
+        stream.load_state_dict(tr["data"])
+        torch.set_rng_state(tr["rng_cpu"])
+        if ema is not None and tr.get("ema") is not None:
+            ema.load_state_dict(tr["ema"])
+
+    batches = Prefetcher(iter(stream), config.data.prefetch)
+    log = _Logger(config, rank)
+    log.progress(config, start)
+    peak = peak_flops(device)
+    nonfinite_in_row = 0
+    t_last, samples_acc, tokens_acc, flops_acc = time.perf_counter(), 0, 0, 0.0
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(
+            ckpt_root, step,
+            model_state={k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")},
+            optim_state=opt.state_dict(),
+            trainer_state={
+                "step": step, "history": history, "data": data_state,
+                "skipped_nonfinite": skipped_nonfinite, "skipped_corrupt": skipped_corrupt,
+                "rng_cpu": torch.get_rng_state(), "ema": ema.state_dict() if ema else None,
+            },
+            meta={**meta, "name": config.name}, tp_rank=tp_rank, dp_rank=dp_rank,
+            keep_last=config.checkpoint.keep_last,
+        )  # fmt: skip
+
+    data_state = stream.state_dict()
+    model.train()
+    try:
+        for step in range(start, config.train_steps):
+            batch = next(batches)
+            data_state = batch.state
+            skipped_corrupt += batch.skipped
+            prep = _prepare(batch, config, step, dp_rank, null_text)
+            lr = lr_at(step, config.train_steps, config.optim)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss, per_sample = _forward_loss(model, ref_model, batch, prep, config, device)
+            opt.zero_grad(set_to_none=True)
+            finite = torch.tensor([1.0 if torch.isfinite(loss).item() else 0.0])
+            if dist.get_world_size() > 1:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item() < 1:
+                skipped_nonfinite += 1
+                nonfinite_in_row += 1
+                if nonfinite_in_row >= config.max_nonfinite_steps:
+                    raise NonFiniteLossError(
+                        f"{nonfinite_in_row} consecutive steps had a NaN/inf loss (last at step {step}); "
+                        "lower optim.lr, check the data, or resume from an earlier checkpoint"
+                    )
+                continue
+            nonfinite_in_row = 0
+            loss.backward()
+            _allreduce_grads(params, dp_size)
+            grad_norm = _clip_grad_norm(params, config.optim.clip_grad)
+            opt.step()
+            if ema is not None:
+                ema.update(model, step)
+
+            # metrics: mean loss over DP ranks, per task
+            stats = torch.tensor([loss.item(), 1.0])
+            if dp_size > 1:
+                dist.all_reduce(stats, group=data_parallel_group())
+            mean_loss = (stats[0] / stats[1]).item()
+            b = batch.latent.shape[0]
+            samples_acc += b * dp_size
+            tokens_acc += batch.num_tokens * dp_size
+            flops_acc += dp_size * b * dit_flops_per_sample(
+                config.model, batch.num_tokens // b, int(batch.text_mask.sum(1).float().mean()),
+                recompute=config.parallel.recompute == "full",
+            )  # fmt: skip
+            record = {"step": step + 1, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm}
+            for task in sorted(set(prep["tasks"])):
+                sel = [i for i, tk in enumerate(prep["tasks"]) if tk == task]
+                record[f"loss/{task}"] = per_sample[sel].mean().item()
+            history.append(record)
+            log.tick(mean_loss)
+            if (step + 1) % config.log.log_every == 0 or step + 1 == config.train_steps:
+                now = time.perf_counter()
+                dt = max(now - t_last, 1e-9)
+                world = dist.get_world_size()
+                scalars = {
+                    "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
+                    "samples_per_s": samples_acc / dt, "tokens_per_s": tokens_acc / dt,
+                    "mfu": flops_acc / dt / (peak * world) if peak else 0.0,
+                    "skipped/nonfinite": skipped_nonfinite, "skipped/corrupt": skipped_corrupt,
+                    **{k: v for k, v in record.items() if k.startswith("loss/")},
+                }  # fmt: skip
+                if device.type == "cuda":
+                    scalars["memory/max_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                else:
+                    import psutil
+
+                    scalars["memory/rss_gib"] = psutil.Process().memory_info().rss / 2**30
+                log.scalars(step + 1, scalars)
+                t_last, samples_acc, tokens_acc, flops_acc = now, 0, 0, 0.0
+            if (step + 1) % config.checkpoint.save_every == 0 or step + 1 == config.train_steps:
+                checkpoint(step + 1)
+    finally:
+        log.close()
+
+    # export in the mugv-dit layout (merging LoRA adapters first)
+    if config.lora is not None:
+        from mugv_train.lora import merged_state_dict
+
+        full = merged_state_dict(model)
+    else:
+        full = full_state_dict(model)
+    result = TrainResult(
+        out, history, skipped_nonfinite=skipped_nonfinite, skipped_corrupt=skipped_corrupt
+    )
+    if rank == 0:
+        result.export_dir = export_mugv_dit(model, out / "export", full)
+        (out / "history.json").write_text(json.dumps(history))
+    if ema is not None:
+        ema_full = {**full}
+        local = {k: v for k, v in ema.state_dict().items()}
+        model_sd = model.state_dict()
+        with torch.no_grad():
+            backup = {k: model_sd[k].clone() for k in local}
+            for k, v in local.items():
+                model_sd[k].copy_(v.to(model_sd[k].dtype))
+            ema_full = full_state_dict(model)
+            for k, v in backup.items():
+                model_sd[k].copy_(v)
+        if rank == 0:
+            result.ema_export_dir = export_mugv_dit(model, out / "export_ema", ema_full)
+    return result
+
+
+def run_info(config: TrainConfig) -> dict[str, Any]:
+    """A short summary of a config (for the CLI's dry run)."""
+    return {"name": config.name, "steps": config.train_steps, "model": config.model.to_dict()}
