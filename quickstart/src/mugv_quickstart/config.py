@@ -1,0 +1,88 @@
+"""`QuickstartConfig`: everything one quickstart run does, with two presets.
+
+``full`` is the README run (about 15 minutes on 2 CPU cores); ``fast`` is the reduced
+run the tests use (same stages, fewer clips and steps). Training lengths are step
+counts, not time budgets, so a seed gives the same run on any machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from mugv_quickstart.synthetic import SetConfig
+
+
+@dataclass(frozen=True)
+class QuickstartConfig:
+    """One quickstart run. Build with ``QuickstartConfig.preset("full" | "fast")``."""
+
+    seed: int = 0
+    """Seeds the data, both trainings, the initial noise of generation."""
+    data: SetConfig = field(default_factory=SetConfig)
+    """The synthetic captioned set."""
+    text_max_length: int = 24
+    """Text-encoder tokens per caption (the captions are at most ~15 tokens)."""
+
+    vae_steps: int = 600
+    """Optimiser steps of the debug VAE."""
+    vae_batch_size: int = 4
+    vae_lr: float = 2e-3
+
+    dit_steps: int = 1500
+    """Optimiser steps of the debug DiT."""
+    dit_batch_size: int = 16
+    dit_lr: float = 1e-3
+    dit_hidden_size: int = 288
+    dit_depth: int = 2
+    dit_num_heads: int = 4
+
+    num_inference_steps: int = 20
+    """Euler steps per generated clip."""
+    guidance_scale: float = 4.0
+    """Classifier-free guidance scale (caption dropout trains the unconditional branch)."""
+    num_eval_prompts: int = 16
+    """Held-out captions generated as T2V and as I2V (first frame of the held-out clip)."""
+
+    def __post_init__(self) -> None:
+        for name in ("vae_steps", "dit_steps", "num_inference_steps", "num_eval_prompts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dit_hidden_size % self.dit_num_heads:
+            raise ValueError(
+                f"dit_hidden_size ({self.dit_hidden_size}) must be divisible by dit_num_heads "
+                f"({self.dit_num_heads})"
+            )
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> QuickstartConfig:
+        """``full`` (the README run) or ``fast`` (the tests' reduced run), with overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown quickstart preset {name!r}; choose one of {sorted(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of the whole config: a rerun into the same folder must match it."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, QuickstartConfig] = {
+    "full": QuickstartConfig(),
+    "fast": QuickstartConfig(
+        data=SetConfig(clips_per_train_combo=1, clips_per_heldout_combo=1),
+        vae_steps=30,
+        dit_steps=60,
+        dit_batch_size=8,
+        dit_hidden_size=64,
+        dit_num_heads=2,
+        num_inference_steps=4,
+        num_eval_prompts=4,
+    ),
+}

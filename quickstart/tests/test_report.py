@@ -1,0 +1,34 @@
+"""Contact sheet layout and loss-curve PNG."""
+
+import numpy as np
+import pytest
+from mugv_quickstart.report import contact_sheet, table, write_loss_curves
+from PIL import Image
+
+
+def test_contact_sheet_places_every_fourth_frame():
+    a = np.zeros((17, 8, 10, 3), np.uint8)
+    a[:, :, :, 0] = np.arange(17)[:, None, None] * 10  # frame i has red = 10 i
+    b = np.full((17, 8, 10, 3), 200, np.uint8)
+    sheet = contact_sheet([("a", a), ("b", b)], every=4, scale=2, gap=2)
+    row_h = 12 + 16 + 2
+    assert sheet.shape == (2 + 2 * row_h, 2 + 5 * (20 + 2), 3)
+    for c, i in enumerate(range(0, 17, 4)):  # frames 0, 4, 8, 12, 16 of clip a
+        y, x = 2 + 12, 2 + c * 22
+        assert (sheet[y : y + 16, x : x + 20, 0] == 10 * i).all()
+    assert (sheet[2 + row_h + 12 : 2 + 2 * row_h - 2, 2:22] == 200).all()
+    with pytest.raises(ValueError, match="same frame size"):
+        contact_sheet([("a", a), ("c", a[:, :4])])
+
+
+def test_loss_curves_png(tmp_path):
+    path = write_loss_curves(
+        tmp_path / "loss.png", {"VAE": np.linspace(1, 0.1, 50), "DiT": [2.0, 1.5, 1.2]}
+    )
+    img = Image.open(path)
+    assert img.format == "PNG" and img.size == (1000, 340)
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def test_table():
+    assert table(["a", "b"], [[1, 2]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
