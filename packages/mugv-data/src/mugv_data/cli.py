@@ -1,0 +1,173 @@
+"""The ``mugv-data`` command: curate, encode, stats, inspect, export-csv, import-csv."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _config(args: argparse.Namespace):
+    from mugv_data.config import CurationConfig
+
+    cfg = CurationConfig.preset(args.preset)
+    if args.config:
+        cfg = CurationConfig.from_dict(_read_overrides(args.config), base=cfg)
+    if args.workers:
+        cfg = CurationConfig.from_dict({"workers": args.workers}, base=cfg)
+    return cfg
+
+
+def _read_overrides(path: str) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise SystemExit(f"config file not found: {p}")
+    if p.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(p.read_text())
+    if p.suffix == ".json":
+        return json.loads(p.read_text())
+    raise SystemExit(f"config file must be .json or .toml, got {p.name}")
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from mugv_data.pipeline import curate
+
+    cfg = _config(args)
+    res = curate(args.input, args.out, cfg, engine=args.engine, progress=not args.quiet)
+    resumed = res.counts["videos"] - res.processed
+    print(f"processed {res.processed} videos, resumed {resumed} from records")
+    print(json.dumps(res.counts, sort_keys=True))
+    print(f"manifest: {res.manifest}")
+    return 0
+
+
+def _load_vae(spec: str, device: str):
+    import mugv_vae
+
+    if spec.startswith("preset:"):
+        import torch
+
+        torch.manual_seed(0)
+        return mugv_vae.VideoVAE(mugv_vae.VAEConfig.preset(spec.split(":", 1)[1])).to(device).eval()
+    return mugv_vae.VideoVAE.from_pretrained(spec, device=device).eval()
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    import mugv_dit
+    from mugv_data.stages.encode import encode_clips
+
+    vae = _load_vae(args.vae, args.device)
+    te = mugv_dit.TextEncoder(
+        args.text_encoder, max_length=args.text_max_length, device=args.device
+    )
+    shards = Path(args.shards) if args.shards else Path(args.curated) / "shards"
+    manifest = encode_clips(
+        args.curated,
+        shards,
+        vae=vae,
+        text_encoder=te,
+        shard_size=args.shard_size,
+        sample_posterior=args.sample_posterior,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(f"shards: {manifest}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from mugv_data.stats import format_summary, plot, summarize
+
+    print(format_summary(summarize(args.out)))
+    if not args.no_png:
+        for p in plot(args.out, args.png_dir):
+            print(f"wrote {p}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from mugv_data.stats import explain
+
+    try:
+        print(explain(args.out, args.clip))
+    except KeyError as e:
+        print(e.args[0], file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mugv_data.official import export_official_csv
+
+    print(export_official_csv(args.shards, args.out, text_length=args.text_length))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from mugv_data.official import import_official_csv
+
+    print(import_official_csv(args.csv, args.out, shard_size=args.shard_size))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mugv-data", description="MUG-V data curation")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("curate", help="raw videos -> curated clip manifest (resumable)")
+    c.add_argument("input", help="a folder of videos, a manifest (.csv/.jsonl/.parquet) or a video")
+    c.add_argument("--out", required=True, help="output folder (rerun to resume)")
+    c.add_argument("--config", help="JSON or TOML file of overrides")
+    c.add_argument("--preset", default="paper", choices=["paper", "synthetic"])
+    c.add_argument("--engine", default="local", choices=["local", "ray"])
+    c.add_argument("--workers", type=int, default=0, help="processes (local) / CPUs (ray)")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(fn=cmd_curate)
+
+    e = sub.add_parser("encode", help="kept clips -> latent + text shards (resumable)")
+    e.add_argument("curated", help="a `curate` output folder")
+    e.add_argument("--vae", required=True, help="VideoVAE folder, Hub id, vae.pt, or preset:NAME")
+    e.add_argument("--text-encoder", required=True, help="text encoder folder or Hub id")
+    e.add_argument("--text-max-length", type=int, default=300)
+    e.add_argument("--shards", help="output folder (default: CURATED/shards)")
+    e.add_argument("--shard-size", type=int, default=256)
+    e.add_argument("--sample-posterior", action="store_true", help="sample (seeded per clip)")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(fn=cmd_encode)
+
+    s = sub.add_parser("stats", help="summary table and PNG histograms")
+    s.add_argument("out", help="a `curate` output folder")
+    s.add_argument("--png-dir", help="where PNGs go (default: OUT/stats)")
+    s.add_argument("--no-png", action="store_true")
+    s.set_defaults(fn=cmd_stats)
+
+    i = sub.add_parser("inspect", help="why a clip was kept or dropped")
+    i.add_argument("clip", help="clip id, video key, file name or path")
+    i.add_argument("--out", required=True, help="a `curate` output folder")
+    i.set_defaults(fn=cmd_inspect)
+
+    x = sub.add_parser("export-csv", help="shards -> official train.csv layout")
+    x.add_argument("shards")
+    x.add_argument("--out", required=True)
+    x.add_argument("--text-length", type=int, default=300)
+    x.set_defaults(fn=cmd_export)
+
+    m = sub.add_parser("import-csv", help="official train.csv layout -> shards")
+    m.add_argument("csv")
+    m.add_argument("--out", required=True)
+    m.add_argument("--shard-size", type=int, default=256)
+    m.set_defaults(fn=cmd_import)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
