@@ -21,11 +21,12 @@ def write_synthetic_shards(
     image_every: int = 0,
     seed: int = 0,
     labels: bool = False,
+    amplitude: float = 5.0,
 ) -> Path:
     """Write ``num_samples`` samples in mugv-data's shard format.
 
     Each sample belongs to one of ``num_classes`` classes: its latent is a fixed smooth
-    pattern of the class plus a little noise, and its caption embedding a fixed random
+    pattern of the class (``amplitude`` sets its scale) plus a little noise, and its caption embedding a fixed random
     vector of the class, so the flow loss can fall well below its initial value.
     ``image_every`` > 0 makes every n-th sample a one-frame image.
     """
@@ -33,7 +34,9 @@ def write_synthetic_shards(
 
     g = torch.Generator().manual_seed(seed)
     protos = torch.randn(num_classes, channels, 1, height, width, generator=g)
-    protos = torch.nn.functional.avg_pool3d(protos, (1, 3, 3), stride=1, padding=(0, 1, 1)) * 2
+    protos = (
+        torch.nn.functional.avg_pool3d(protos, (1, 3, 3), stride=1, padding=(0, 1, 1)) * amplitude
+    )
     captions = torch.randn(num_classes, text_tokens, text_dim, generator=g)
     with ShardWriter(out_dir, shard_size=16) as writer:
         for i in range(num_samples):

@@ -19,29 +19,36 @@ def init_distributed(parallel: ParallelConfig, *, timeout_s: float = 600.0) -> t
     model-parallel groups. Returns (rank, world_size). Idempotent."""
     if not dist.is_initialized():
         cuda = torch.cuda.is_available()
-        if "RANK" not in os.environ:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            if "MASTER_PORT" not in os.environ:
-                import socket
-
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", 0))
-                    os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(
-            "nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
-        )
+        backend = "nccl" if cuda else "gloo"
+        timeout = datetime.timedelta(seconds=timeout_s)
+        if "RANK" in os.environ:  # launched by torchrun / srun: rendezvous through the env
+            dist.init_process_group(backend, timeout=timeout)
+        else:  # plain Python: a private 1-process group (the env stays untouched)
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            dist.init_process_group(
+                backend,
+                init_method=f"tcp://127.0.0.1:{port}",
+                rank=0,
+                world_size=1,
+                timeout=timeout,
+            )
     world = dist.get_world_size()
     tp, pp = parallel.tensor_parallel, parallel.pipeline_parallel
     if world % (tp * pp):
         raise ValueError(
             f"world size {world} is not divisible by tensor_parallel x pipeline_parallel = {tp * pp}"
         )
-    if parallel_state.model_parallel_is_initialized():
-        if parallel_state.get_tensor_model_parallel_world_size() != tp:
-            parallel_state.destroy_model_parallel()
+    if (
+        parallel_state.model_parallel_is_initialized()
+        and parallel_state.get_tensor_model_parallel_world_size() != tp
+    ):
+        parallel_state.destroy_model_parallel()
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
