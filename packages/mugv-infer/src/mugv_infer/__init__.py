@@ -20,7 +20,14 @@ Everything not listed in ``__all__`` is private.
 from mugv_infer._cache import StepCache
 from mugv_infer._media import VideoFile, preprocess_image, read_mp4, write_mp4
 from mugv_infer.offload import BlockOffload, ComponentOffload, enable_block_offload
-from mugv_infer.parallel import ParallelGroups, cfg_parallel, init_parallel, ulysses_attention
+from mugv_infer.parallel import (
+    ParallelGroups,
+    SequenceParallelDiT,
+    cfg_parallel,
+    init_parallel,
+    ulysses_attention,
+)
+from mugv_infer.pipeline import GenerationOutput, MUGVPipeline
 from mugv_infer.presets import (
     ASPECT_RATIOS_720P,
     DURATIONS,
@@ -51,9 +58,12 @@ __all__ = [
     "ClassifierFreeGuidance",
     "ComponentOffload",
     "FlowEulerSampler",
+    "GenerationOutput",
     "Guidance",
+    "MUGVPipeline",
     "OfficialQuirks",
     "ParallelGroups",
+    "SequenceParallelDiT",
     "StepCache",
     "VideoFile",
     "__version__",

@@ -126,8 +126,7 @@ class FlowEulerSampler:
         if self.shift_scale <= 0:
             raise ValueError(f"shift_scale must be > 0, got {self.shift_scale}")
 
-    def shift_ratio(self, height: int, width: int, latent_frames: int) -> float:
-        """r = sqrt(H W / 512^2) sqrt(T_lat) scale; H, W pixels, T_lat latent frames."""
+    def _ratio(self, height: int, width: int, latent_frames: int) -> torch.Tensor:
         dtype = torch.bfloat16 if self.bf16_ratio else torch.float64
         h = torch.tensor([float(height)], dtype=dtype)
         w = torch.tensor([float(width)], dtype=dtype)
@@ -135,8 +134,11 @@ class FlowEulerSampler:
         # Same op order as the official timestep_transform, each op rounded in ``dtype``.
         ratio_space = (h * w / _BASE_RESOLUTION).sqrt()
         ratio_time = (t / 1).sqrt() if latent_frames != 1 else torch.ones_like(t)
-        ratio = ratio_space * ratio_time * self.shift_scale
-        return float(ratio.item())
+        return ratio_space * ratio_time * self.shift_scale
+
+    def shift_ratio(self, height: int, width: int, latent_frames: int) -> float:
+        """r = sqrt(H W / 512^2) sqrt(T_lat) scale; H, W pixels, T_lat latent frames."""
+        return float(self._ratio(height, width, latent_frames).item())
 
     def timesteps(self, height: int, width: int, latent_frames: int) -> torch.Tensor:
         """The ``num_steps`` timesteps [num_steps] float32, 0-1000 scale, first = 1000."""
@@ -144,9 +146,13 @@ class FlowEulerSampler:
         base = torch.tensor([(1.0 - i / n) * scale for i in range(n)], dtype=torch.float32)
         if not self.shift:
             return base
-        ratio = torch.tensor(self.shift_ratio(height, width, latent_frames), dtype=torch.float32)
+        ratio = self._ratio(height, width, latent_frames)
+        if not self.bf16_ratio:
+            ratio = ratio.float()
         s = base / scale
-        return ratio * s / (1 + (ratio - 1) * s) * scale
+        # The official code mixes a bf16 ratio with float32 timesteps: ``ratio - 1`` is
+        # rounded in bf16 (exact for ratio >= 1), products promote to float32.
+        return (ratio * s / (1 + (ratio - 1) * s) * scale).float()
 
     def step(
         self, z: torch.Tensor, velocity: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor | None

@@ -1,0 +1,695 @@
+"""`MUGVPipeline`: text-to-video, image-to-video and text+image-to-video generation.
+
+Dimension legend: B prompts, C latent channels (24), T latent frames, h/w latent height/width,
+N pixel frames, H/W pixel height/width, S text tokens, E text width.
+
+The official flow (architecture reference §B.7, §C, §D, §E), step by step:
+1. prompts get the "aesthetic score" suffix; [prompts, negatives] are encoded in one batch;
+2. the reference image is cover-resized, centre-cropped, repeated 8x and encoded (posterior
+   sample) into one clean latent frame;
+3. noise [B, C, T, h, w] in the model dtype; the conditioning frame(s) replace their noise;
+4. 25 Euler steps with the timestep shift and CFG 4.0 against the official negative prompt,
+   conditioned frames reset to their clean latent after every step;
+5. decode: with a first-frame reference only the generated latent frames are decoded
+   (N - 1 frames) and the reference pixel frame is prepended; otherwise every frame is;
+6. uint8 frames, H.264 MP4 through PyAV.
+
+Random numbers: one CPU ``torch.Generator`` seeded with ``seed`` draws, in order, the
+reference posterior noise (one draw per reference image) and then the initial latent noise
+(in the model dtype), so a seed reproduces on any device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from mugv_infer._cache import StepCache
+from mugv_infer._media import ImageInput, preprocess_image, to_uint8_frames, write_mp4
+from mugv_infer.offload import BlockOffload, ComponentOffload
+from mugv_infer.parallel import ParallelGroups, SequenceParallelDiT, cfg_parallel
+from mugv_infer.presets import (
+    OFFICIAL_AES_SCORE,
+    OFFICIAL_MODEL_FPS,
+    OFFICIAL_NEGATIVE_PROMPT,
+    OFFICIAL_WRITE_FPS,
+    OfficialQuirks,
+    resolve_num_frames,
+    resolve_size,
+    with_aesthetic_score,
+)
+from mugv_infer.sampling import (
+    FlowEulerSampler,
+    Guidance,
+    as_guidance,
+    frame_conditioning,
+    initial_noise,
+)
+
+OFFICIAL_REPO = "MUG-V/MUG-V-inference"
+T5_XXL = "DeepFloyd/t5-v1_1-xxl"
+OutputType = Literal["latent", "pt", "np", "pil", "mp4"]
+_OUTPUT_TYPES = ("latent", "pt", "np", "pil", "mp4")
+_PIPELINE_CONFIG = "pipeline.json"
+
+
+@dataclass
+class GenerationOutput:
+    """What ``MUGVPipeline.__call__`` returns.
+
+    ``latents`` [B, C, T, h, w] are always the final sampler state. ``videos`` depends on
+    ``output_type``: "latent" -> the latents; "pt" -> float [B, 3, N, H, W] in [-1, 1];
+    "np" -> uint8 [B, N, H, W, 3]; "pil" -> B lists of PIL images; "mp4" -> B file paths.
+    """
+
+    latents: torch.Tensor
+    videos: Any
+    fps: float
+    """fps the model was conditioned on."""
+    write_fps: float
+    """fps written to MP4 files (20 with ``OfficialQuirks.write_official_fps``)."""
+    paths: list[Path] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage: text, reference, sampling, decode, write."""
+
+
+class MUGVPipeline:
+    """Diffusers-style MUG-V pipeline over three components and a sampler.
+
+    Components: ``dit`` (a ``mugv_dit.MUGDiT``), ``vae`` (a ``mugv_vae.VideoVAE``),
+    ``text_encoder`` (a ``mugv_dit.TextEncoder`` or any callable ``prompts -> (emb [B, S,
+    E], mask [B, S])``) and ``sampler`` (a ``FlowEulerSampler``).
+    """
+
+    def __init__(
+        self,
+        dit: torch.nn.Module,
+        vae: torch.nn.Module,
+        text_encoder: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]],
+        sampler: FlowEulerSampler | None = None,
+        *,
+        device: torch.device | str | None = None,
+        quirks: OfficialQuirks | None = None,
+    ) -> None:
+        self.dit = dit
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.sampler = sampler if sampler is not None else FlowEulerSampler()
+        self.quirks = quirks if quirks is not None else OfficialQuirks()
+        self.device = torch.device(device) if device is not None else _module_device(dit)
+        text_dim = getattr(text_encoder, "dim", None)
+        if text_dim is not None and text_dim != dit.config.text_dim:
+            raise ValueError(
+                f"text encoder width {text_dim} does not match the DiT's text_dim "
+                f"{dit.config.text_dim}; use the encoder the DiT was trained with"
+            )
+        if dit.config.in_channels != vae.latent_channels:
+            raise ValueError(
+                f"DiT expects {dit.config.in_channels} latent channels but the VAE makes "
+                f"{vae.latent_channels}"
+            )
+        self.step_cache: StepCache | None = None
+        self._offload: ComponentOffload | None = None
+        self._block_offload: BlockOffload | None = None
+        self._parallel: ParallelGroups | None = None
+        self._sp: SequenceParallelDiT | None = None
+
+    # ------------------------------------------------------------------ construction
+    @property
+    def components(self) -> dict[str, Any]:
+        """The pipeline's parts, diffusers-style: ``MUGVPipeline(**pipe.components)``."""
+        return {
+            "dit": self.dit,
+            "vae": self.vae,
+            "text_encoder": self.text_encoder,
+            "sampler": self.sampler,
+        }
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_or_dir: str | os.PathLike[str] = OFFICIAL_REPO,
+        *,
+        text_encoder: str | os.PathLike[str] | Callable | None = T5_XXL,
+        dit: torch.nn.Module | None = None,
+        vae: torch.nn.Module | None = None,
+        vae_config: Any = None,
+        sampler: FlowEulerSampler | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        text_encoder_dtype: torch.dtype = torch.float32,
+        quirks: OfficialQuirks | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token: str | None = None,
+        local_files_only: bool = False,
+    ) -> MUGVPipeline:
+        """Load the pipeline from the official Hub layout, a local folder, or components.
+
+        ``repo_or_dir`` holds ``dit.pt`` and ``vae.pt`` (the official ``MUG-V/MUG-V-inference``
+        layout), or ``dit/`` and ``vae/`` folders in our format (``save_pretrained``). Hub
+        files go through the Hugging Face cache and honour offline mode. ``dit`` / ``vae``
+        replace the loaded components; ``text_encoder`` is a Hub id or folder (default the
+        official T5-XXL, run in ``text_encoder_dtype`` = float32 like the official code) or a
+        ready encoder. ``vae_config`` is the VAE topology of an official ``vae.pt`` (default
+        the ``mugv`` preset). ``dtype`` defaults to bfloat16 on CUDA and float32 elsewhere.
+        """
+        import mugv_dit
+        import mugv_vae
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        hub = {
+            "revision": revision,
+            "cache_dir": cache_dir,
+            "token": token,
+            "local_files_only": local_files_only,
+        }
+        if dit is None or vae is None:
+            files = _resolve_weights(repo_or_dir, **hub)
+            if dit is None:
+                if files["format"] == "official":
+                    dit = mugv_dit.MUGDiT.from_official(files["dit"], dtype=dtype, device=device)
+                else:
+                    dit = mugv_dit.MUGDiT.from_pretrained(files["dit"], dtype=dtype, device=device)
+            if vae is None:
+                if files["format"] == "official":
+                    vae = mugv_vae.VideoVAE.from_official(
+                        files["vae"], vae_config, device=device, dtype=dtype
+                    )
+                else:
+                    vae = mugv_vae.VideoVAE.from_pretrained(
+                        files["vae"], device=device, dtype=dtype
+                    )
+        if text_encoder is None:
+            raise ValueError("text_encoder is required (a Hub id, a local folder or an encoder)")
+        if isinstance(text_encoder, str | os.PathLike):
+            text_encoder = _load_text_encoder(
+                text_encoder, text_encoder_dtype, device, local_files_only, revision=None
+            )
+        return cls(dit.eval(), vae.eval(), text_encoder, sampler, device=device, quirks=quirks)
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``dit/`` and ``vae/`` in our format plus ``pipeline.json`` (text encoder name,
+        sampler settings); ``from_pretrained(directory)`` reads it back."""
+        import json
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.dit.save_pretrained(out / "dit")
+        self.vae.save_pretrained(out / "vae")
+        info = {
+            "text_encoder": getattr(self.text_encoder, "name_or_path", None),
+            "sampler": dataclasses.asdict(self.sampler),
+        }
+        tmp = out / f".{_PIPELINE_CONFIG}.tmp"
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, out / _PIPELINE_CONFIG)
+        return out
+
+    # ------------------------------------------------------------------ memory and speed
+    def enable_model_offload(self) -> MUGVPipeline:
+        """Whole-component CPU offload: only the running component (text encoder, DiT or
+        VAE) occupies device memory."""
+        self._offload = ComponentOffload(self.device)
+        for module in self._managed_modules():
+            self._offload.add(module)
+        return self
+
+    def enable_block_offload(self, prefetch: int = 1) -> MUGVPipeline:
+        """DiT blocks streamed to the device one at a time (``1 + prefetch`` resident); the
+        text encoder and VAE are offloaded whole."""
+        self._offload = ComponentOffload(self.device)
+        self._offload.add(_text_module(self.text_encoder))
+        self._offload.add(self.vae)
+        self._block_offload = BlockOffload(
+            self.dit, list(self.dit.blocks), self.device, prefetch=prefetch
+        )
+        return self
+
+    def enable_vae_tiling(self, tile_latent_size: int = 32, overlap: int = 4) -> MUGVPipeline:
+        """Decode in overlapping spatial tiles of ``tile_latent_size`` latent pixels."""
+        self.vae.config = dataclasses.replace(
+            self.vae.config, tile_latent_size=tile_latent_size, tile_latent_overlap=overlap
+        )
+        return self
+
+    def enable_step_cache(self, threshold: float = 0.1, **kwargs: int) -> MUGVPipeline:
+        """TeaCache-style step skipping; ``threshold`` is the quality knob (0 = exact)."""
+        self.step_cache = StepCache(threshold=threshold, **kwargs)
+        return self
+
+    def disable_step_cache(self) -> MUGVPipeline:
+        self.step_cache = None
+        return self
+
+    def compile(self, **compile_kwargs: Any) -> MUGVPipeline:
+        """``torch.compile`` each DiT block (compiled once per shape; blocks have no graph
+        breaks)."""
+        for block in self.dit.blocks:
+            block.compile(**compile_kwargs)
+        return self
+
+    def enable_parallel(self, groups: ParallelGroups) -> MUGVPipeline:
+        """Multi-process inference over ``mugv_infer.init_parallel(cfg_degree, sp_degree)``
+        groups: CFG parallelism and Ulysses sequence parallelism. Every rank must call the
+        pipeline with the same arguments; rank 0 should write the files."""
+        self._parallel = groups
+        if self._sp is not None:
+            self._sp.detach()
+            self._sp = None
+        if groups.sp_group is not None:
+            self._sp = SequenceParallelDiT(self.dit, groups.sp_group)
+        return self
+
+    def _managed_modules(self) -> list[torch.nn.Module]:
+        return [_text_module(self.text_encoder), self.dit, self.vae]
+
+    def _on_device(self, module: torch.nn.Module):
+        import contextlib
+
+        if self._offload is None or not any(module is m for m in self._offload_modules()):
+            return contextlib.nullcontext(module)
+        return self._offload.on_device(module)
+
+    def _offload_modules(self) -> list[torch.nn.Module]:
+        if self._offload is None:
+            return []
+        if self._block_offload is not None:
+            return [_text_module(self.text_encoder), self.vae]
+        return self._managed_modules()
+
+    # ------------------------------------------------------------------ stages
+    def encode_prompt(
+        self,
+        prompts: Sequence[str],
+        negative_prompt: str | Sequence[str] | None,
+        *,
+        aes_score: float | None = OFFICIAL_AES_SCORE,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[prompts + suffix, negatives] encoded in one batch: emb [2B or B, S, E], mask."""
+        positives = [with_aesthetic_score(p, aes_score) for p in prompts]
+        texts = list(positives)
+        if negative_prompt is not None:
+            negs = (
+                [negative_prompt] * len(prompts)
+                if isinstance(negative_prompt, str)
+                else list(negative_prompt)
+            )
+            if len(negs) != len(prompts):
+                raise ValueError(
+                    f"{len(negs)} negative prompts for {len(prompts)} prompts; give one or "
+                    "one per prompt"
+                )
+            texts += negs
+        self._warn_truncation(texts)
+        with self._on_device(self.text_encoder):
+            emb, mask = self.text_encoder(texts)
+        return emb.to(self.device), mask.to(self.device)
+
+    def _warn_truncation(self, texts: list[str]) -> None:
+        tokenizer = getattr(self.text_encoder, "tokenizer", None)
+        limit = getattr(self.text_encoder, "max_length", None)
+        if tokenizer is None or limit is None:
+            return
+        for text in dict.fromkeys(texts):
+            n = len(tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+            if n > limit:
+                warnings.warn(
+                    f"prompt has {n} tokens but the text encoder keeps {limit}; the end is "
+                    f"truncated: {text[:60]!r}...",
+                    stacklevel=3,
+                )
+
+    def encode_reference(
+        self,
+        image: ImageInput,
+        height: int,
+        width: int,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference image -> (clean latent frame [1, C, 1, h, w], pixel frame [3, H, W])."""
+        pixels = preprocess_image(image, height, width)
+        with self._on_device(self.vae):
+            latent = self.vae.encode_image(
+                pixels[None].to(self.device, self.vae.dtype),
+                sample=self.quirks.reference_posterior_sample,
+                generator=generator,
+            )
+        return latent, pixels
+
+    def _denoiser(
+        self, emb: torch.Tensor, mask: torch.Tensor, fps: float, batch: int
+    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        dit = self.dit
+        channels = dit.config.in_channels
+
+        def model_call(x, t, m, text, text_mask):
+            out = dit(x, t, text, text_mask=text_mask, fps=fps, x_mask=m)
+            return out[:, :channels]
+
+        group = self._parallel.cfg_group if self._parallel is not None else None
+        call = cfg_parallel(model_call, group)
+
+        def denoiser(x: torch.Tensor, t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] == emb.shape[0]:
+                text, text_mask = emb, mask
+            elif x.shape[0] == batch:
+                text, text_mask = emb[:batch], mask[:batch]
+            else:
+                raise ValueError(f"unexpected denoiser batch {x.shape[0]}")
+            return call(x.to(dit.dtype), t, m, text, text_mask)
+
+        return denoiser
+
+    def decode(
+        self, latents: torch.Tensor, num_frames: int, reference: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Latents -> video [B, 3, N, H', W'] in [-1, 1] (float32).
+
+        With a first-frame ``reference`` [B, 3, H, W], only latent frames 1.. are decoded
+        (N - 1 frames) and the reference pixel frame is prepended, as the official code does.
+        """
+        with self._on_device(self.vae), torch.no_grad():
+            if reference is None:
+                return self.vae.decode(latents.to(self.vae.dtype), num_frames=num_frames).float()
+            rest = self.vae.decode(latents[:, :, 1:].to(self.vae.dtype), num_frames=num_frames - 1)
+        rest = rest.float()
+        h, w = rest.shape[-2:]
+        ref = reference.to(rest.device, rest.dtype)
+        if ref.shape[-2:] != (h, w):
+            # Official odd sizes (1110 / 1108 px) decode to 1104: centre-crop the reference.
+            top, left = (ref.shape[-2] - h) // 2, (ref.shape[-1] - w) // 2
+            ref = ref[..., top : top + h, left : left + w]
+        return torch.cat([ref[:, :, None], rest], dim=2)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        image: ImageInput | None = None,
+        images: Mapping[int, ImageInput] | None = None,
+        negative_prompt: str | Sequence[str] | None = OFFICIAL_NEGATIVE_PROMPT,
+        aspect: str = "16:9",
+        resolution: str = "720p",
+        duration: str | int = "5s",
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+        guidance: Guidance | float | None = 4.0,
+        seed: int | None = 42,
+        generator: torch.Generator | None = None,
+        fps: float = OFFICIAL_MODEL_FPS,
+        aes_score: float | None = OFFICIAL_AES_SCORE,
+        cond_latents: torch.Tensor | None = None,
+        cond_mask: torch.Tensor | None = None,
+        output_type: OutputType = "mp4",
+        output_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+        progress: bool = True,
+        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    ) -> GenerationOutput:
+        """Generate B clips, one per prompt.
+
+        Args:
+            prompt: one prompt or a list (B).
+            image: reference image for the first frame (I2V / TI2V), shared by all prompts.
+            images: latent frame index -> image for any set of conditioning frames (e.g.
+                {0: first, -1: last}); each is encoded alone like the reference image.
+            negative_prompt: the CFG branch text (official fixed string; None = no CFG).
+            aspect, resolution: official size table ("H:W" keys, "16:9" is 1280 x 720
+                portrait); ``height``/``width`` override it.
+            duration: "5s" (105 frames), "3s" (73) or a frame count.
+            steps: sampler steps (default: the sampler's, 25).
+            guidance: CFG scale (official 4.0) or a Guidance (e.g. ``CFGZeroStar``).
+            seed / generator: randomness (see the module docstring); ``generator`` wins.
+            fps: fps fed to the model (official 30); files are written at this fps unless
+                ``quirks.write_official_fps`` (20).
+            aes_score: the official prompt suffix ("aesthetic score: 6.0."); None drops it.
+            cond_latents, cond_mask: clean latents [B, C, T, h, w] and mask [B, T] (True =
+                condition) for latent-space conditioning, e.g. ``extension_conditioning``.
+            output_type: "latent", "pt", "np", "pil" or "mp4".
+            output_path: MP4 path (B = 1), a list of B paths, or a folder.
+        """
+        if output_type not in _OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {_OUTPUT_TYPES}, got {output_type!r}")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ValueError("prompt must be a non-empty string or a list of them")
+        if image is not None and images is not None:
+            raise ValueError("give image= (first frame) or images= (any frames), not both")
+        if image is not None:
+            images = {0: image}
+        B = len(prompts)
+        quirks = self.quirks
+        if (height is None) != (width is None):
+            raise ValueError("give both height and width, or neither (then aspect= is used)")
+        if height is None:
+            height, width = resolve_size(aspect, resolution, odd_sizes=quirks.odd_sizes)
+        num_frames = resolve_num_frames(duration)
+        C, T, h, w = self.vae.latent_shape(num_frames, height, width)
+        sampler = dataclasses.replace(
+            self.sampler,
+            num_steps=steps if steps is not None else self.sampler.num_steps,
+            bf16_ratio=quirks.bf16_shift_ratio,
+        )
+        if generator is None:
+            generator = torch.Generator("cpu")
+            generator.manual_seed(seed if seed is not None else torch.seed())
+        timings: dict[str, float] = {}
+        guide = as_guidance(guidance)
+        use_cfg = guide.needs_uncond()
+        if use_cfg and negative_prompt is None:
+            raise ValueError("guidance needs a negative_prompt (or pass guidance=None)")
+
+        try:
+            # 1. text: [prompts, negatives] in one batch
+            t0 = time.perf_counter()
+            emb, mask = self.encode_prompt(
+                prompts, negative_prompt if use_cfg else None, aes_score=aes_score
+            )
+            timings["text"] = time.perf_counter() - t0
+
+            # 2. conditioning frames: reference latents drawn first from the generator
+            t0 = time.perf_counter()
+            reference = None
+            if images:
+                frames = {}
+                for index, img in images.items():
+                    latent, pixels = self.encode_reference(img, height, width, generator)
+                    frames[index] = latent.expand(B, -1, -1, -1, -1)
+                    if index == 0:
+                        reference = pixels[None].expand(B, -1, -1, -1)
+                cond_latents, cond_mask = frame_conditioning(
+                    (B, C, T, h, w), frames, device=self.device, dtype=torch.float32
+                )
+            timings["reference"] = time.perf_counter() - t0
+
+            # 3-4. noise and sampling
+            t0 = time.perf_counter()
+            noise = initial_noise(
+                (B, C, T, h, w), generator=generator, dtype=self.dit.dtype, device=self.device
+            )
+            denoiser = self._denoiser(emb, mask, fps, B)
+            with self._on_device(self.dit):
+                latents = sampler.sample(
+                    denoiser,
+                    noise,
+                    height=height,
+                    width=width,
+                    guidance=guide,
+                    cond_latents=cond_latents,
+                    cond_mask=cond_mask,
+                    step_cache=self.step_cache,
+                    callback=callback,
+                    progress=progress,
+                )
+            timings["sampling"] = time.perf_counter() - t0
+            out = GenerationOutput(
+                latents=latents,
+                videos=latents,
+                fps=fps,
+                write_fps=OFFICIAL_WRITE_FPS if quirks.write_official_fps else fps,
+                timings=timings,
+            )
+            if output_type == "latent":
+                return out
+
+            # 5. decode (reference frame prepended for first-frame conditioning)
+            t0 = time.perf_counter()
+            first_only = images is not None and set(_positions(images, T)) == {0}
+            video = self.decode(latents, num_frames, reference if first_only else None)
+            timings["decode"] = time.perf_counter() - t0
+        except torch.OutOfMemoryError as exc:
+            raise torch.OutOfMemoryError(
+                f"out of device memory generating {B} x {num_frames} frames at {height} x "
+                f"{width}: {exc}. Try pipe.enable_block_offload() (10b fits 24 GB), "
+                "pipe.enable_model_offload(), pipe.enable_vae_tiling(), fewer prompts per "
+                "call, or a shorter duration"
+            ) from exc
+
+        # 6. outputs
+        t0 = time.perf_counter()
+        if output_type == "pt":
+            out.videos = video
+        elif output_type == "np":
+            out.videos = np.stack([to_uint8_frames(v) for v in video])
+        elif output_type == "pil":
+            from PIL import Image
+
+            out.videos = [[Image.fromarray(f) for f in to_uint8_frames(v)] for v in video]
+        else:
+            paths = _output_paths(output_path, B)
+            out.paths = [
+                write_mp4(to_uint8_frames(v), p, fps=out.write_fps)
+                for v, p in zip(video, paths, strict=True)
+            ]
+            out.videos = out.paths
+        timings["write"] = time.perf_counter() - t0
+        return out
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _positions(images: Mapping[int, Any], frames: int) -> list[int]:
+    return [i + frames if i < 0 else i for i in images]
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    try:
+        return next(module.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _text_module(encoder: Any) -> torch.nn.Module:
+    """The nn.Module holding a text encoder's weights (``TextEncoder.model`` or itself)."""
+    model = getattr(encoder, "model", encoder)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            "offload needs the text encoder's weights: give an nn.Module or an object with "
+            "a `.model` nn.Module (like mugv_dit.TextEncoder)"
+        )
+    return model
+
+
+def _output_paths(
+    output_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None, count: int
+) -> list[Path]:
+    if output_path is None:
+        raise ValueError('output_type="mp4" needs output_path (a file, a folder or a list)')
+    if isinstance(output_path, str | os.PathLike):
+        path = Path(output_path)
+        if path.suffix.lower() == ".mp4":
+            if count != 1:
+                raise ValueError(
+                    f"{count} prompts but one output file {str(path)!r}: pass a folder or a "
+                    "list of paths"
+                )
+            return [path]
+        return [path / f"sample_{i:04d}.mp4" for i in range(count)]
+    paths = [Path(p) for p in output_path]
+    if len(paths) != count:
+        raise ValueError(f"{len(paths)} output paths for {count} prompts")
+    return paths
+
+
+def _hub_error(repo: str, exc: Exception) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"cannot get the weights of {repo!r} ({type(exc).__name__}: {exc}). If you are "
+        f"offline, download them once with network access: `huggingface-cli download {repo}` "
+        "(or `hf download`), then run with HF_HUB_OFFLINE=1; or pass a local folder holding "
+        "dit.pt and vae.pt"
+    )
+
+
+def _resolve_weights(
+    repo_or_dir: str | os.PathLike[str],
+    *,
+    revision: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    token: str | None,
+    local_files_only: bool,
+) -> dict[str, Any]:
+    """Locate dit/vae weights: {"format": "official" | "ours", "dit": path, "vae": path}."""
+    path = Path(repo_or_dir)
+    if path.is_dir():
+        if (path / "dit.pt").is_file() and (path / "vae.pt").is_file():
+            return {"format": "official", "dit": path / "dit.pt", "vae": path / "vae.pt"}
+        if (path / "dit" / "config.json").is_file() and (path / "vae").is_dir():
+            return {"format": "ours", "dit": path / "dit", "vae": path / "vae"}
+        raise FileNotFoundError(
+            f"{str(path)!r} has neither dit.pt + vae.pt (the official MUG-V-inference layout) "
+            "nor dit/ + vae/ folders (MUGVPipeline.save_pretrained); download the weights "
+            f"with `huggingface-cli download {OFFICIAL_REPO} --local-dir {path}`"
+        )
+    repo = str(repo_or_dir)
+    if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
+        raise FileNotFoundError(
+            f"{repo!r} is neither a local folder nor a Hub repo id like {OFFICIAL_REPO!r}"
+        )
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    kwargs = {
+        "revision": revision,
+        "cache_dir": cache_dir,
+        "token": token,
+        "local_files_only": local_files_only,
+    }
+    try:
+        dit = hf_hub_download(repo, "dit.pt", **kwargs)
+        vae = hf_hub_download(repo, "vae.pt", **kwargs)
+        return {"format": "official", "dit": Path(dit), "vae": Path(vae)}
+    except EntryNotFoundError:
+        pass
+    except Exception as exc:  # offline without cache, unknown repo, network errors
+        raise _hub_error(repo, exc) from exc
+    try:
+        from huggingface_hub import snapshot_download
+
+        root = Path(
+            snapshot_download(repo, allow_patterns=["dit/*", "vae/*", _PIPELINE_CONFIG], **kwargs)
+        )
+    except Exception as exc:
+        raise _hub_error(repo, exc) from exc
+    if not (root / "dit" / "config.json").is_file():
+        raise FileNotFoundError(
+            f"Hub repo {repo!r} has neither dit.pt + vae.pt nor dit/ + vae/ folders"
+        )
+    return {"format": "ours", "dit": root / "dit", "vae": root / "vae"}
+
+
+def _load_text_encoder(
+    name: str | os.PathLike[str],
+    dtype: torch.dtype,
+    device: torch.device,
+    local_files_only: bool,
+    revision: str | None,
+) -> Any:
+    import mugv_dit
+
+    try:
+        return mugv_dit.TextEncoder(
+            name, dtype=dtype, device=device, local_files_only=local_files_only, revision=revision
+        )
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"cannot load the text encoder {str(name)!r} ({exc}). Download it once with "
+            f"network access (`huggingface-cli download {name}`), pass a local folder, or "
+            "pass text_encoder= a loaded encoder"
+        ) from exc

