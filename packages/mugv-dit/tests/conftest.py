@@ -42,9 +42,14 @@ def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides) -
     return randomize(MUGDiT(tiny_config(**overrides)), seed).to(dtype)
 
 
-@pytest.fixture
-def tiny() -> MUGDiT:
-    return tiny_model()
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny shapes gain nothing from 2 intra-op threads, and on the shared 2-core CI machine
+    2 OpenMP threads under load make every small op stall (measured 10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_inputs(B=2, T=3, H=5, W=7, C=4, S=6, E=16, seed=0, dtype=torch.float32):

@@ -217,3 +217,23 @@ def test_device_mismatch_is_reported():
     x, t, text, mask = tiny_inputs()
     with pytest.raises(ValueError, match="model is on meta"):
         model(x, t, text, mask)
+
+
+def test_block_compiles_without_graph_breaks():
+    """``fullgraph=True`` raises on any graph break; the eager backend skips code generation."""
+    model = tiny_model()
+    block = model.blocks[0]
+    B, L, D = 2, 9, 24
+    g = torch.Generator().manual_seed(0)
+    args = (
+        torch.randn(B, L, D, generator=g),
+        torch.randn(B, 2, 6 * D, generator=g),
+        torch.rand(B, L, generator=g) > 0.5,
+        torch.ones(1, L, 6),
+        torch.zeros(1, L, 6),
+        torch.randn(B, 4, D, generator=g),
+        torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool),
+    )
+    torch._dynamo.reset()
+    compiled = torch.compile(block, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(*args), block(*args), rtol=0, atol=0)
