@@ -1,28 +1,71 @@
 """MUG-V data curation: raw videos to training shards, local engine or Ray.
 
 Entry points:
+- Curation: ``curate(inputs, out_dir, config)`` / ``Pipeline``, configured by
+  ``CurationConfig`` (presets ``paper`` and ``synthetic``; per-source ``SourceConfig``
+  with ``SceneConfig``, ``SharpnessConfig``, ``MotionConfig``, ``AestheticConfig``,
+  ``CaptionConfig``; and ``DedupConfig``, ``BalanceConfig``, ``BucketConfig``).
+  ``InputItem`` describes one input, ``Models`` plugs model stages in as callables.
+- Stages as objects: ``AestheticPredictor`` (CLIP + MLP head), ``VLMStage`` (captioner
+  and artifact filter on a transformers vision-language model).
+- Pre-encoding: ``encode_clips(curated_dir, shard_dir, vae=..., text_encoder=...)``.
 - Shards (what mugv-train streams): ``ShardWriter``, ``open_shards`` -> ``ShardSet``,
-  ``ShardError``.
+  ``ShardError``; the official CSV layout: ``import_official_csv``, ``export_official_csv``.
+- Reports: ``summarize``, ``plot_stats``, ``explain``.
+- Synthetic test videos: ``mugv_data.synthetic.make_synthetic_set``.
+- CLI: ``mugv-data curate | encode | stats | inspect | export-csv | import-csv``.
 """
 
-from mugv_data.config import CurationConfig
+from mugv_data.config import (
+    AestheticConfig,
+    BalanceConfig,
+    BucketConfig,
+    CaptionConfig,
+    CurationConfig,
+    DedupConfig,
+    MotionConfig,
+    SceneConfig,
+    SharpnessConfig,
+    SourceConfig,
+)
 from mugv_data.official import export_official_csv, import_official_csv
-from mugv_data.pipeline import Pipeline, curate
+from mugv_data.pipeline import CurationResult, InputItem, Models, Pipeline, curate
 from mugv_data.shards import ShardError, ShardSet, ShardWriter, open_shards
+from mugv_data.stages.aesthetic import AestheticPredictor
 from mugv_data.stages.encode import encode_clips
+from mugv_data.stages.vlm import VLMStage
+from mugv_data.stats import explain, summarize
+from mugv_data.stats import plot as plot_stats
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AestheticConfig",
+    "AestheticPredictor",
+    "BalanceConfig",
+    "BucketConfig",
+    "CaptionConfig",
     "CurationConfig",
+    "CurationResult",
+    "DedupConfig",
+    "InputItem",
+    "Models",
+    "MotionConfig",
     "Pipeline",
+    "SceneConfig",
     "ShardError",
     "ShardSet",
     "ShardWriter",
+    "SharpnessConfig",
+    "SourceConfig",
+    "VLMStage",
     "__version__",
     "curate",
     "encode_clips",
+    "explain",
     "export_official_csv",
     "import_official_csv",
     "open_shards",
+    "plot_stats",
+    "summarize",
 ]

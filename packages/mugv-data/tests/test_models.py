@@ -1,0 +1,211 @@
+"""Pluggable model stages with tiny randomly initialised models built here."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mugv_data import CurationConfig, curate
+from mugv_data.stages.aesthetic import AestheticPredictor
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny_clip")
+    cfg = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+        image_size=32, patch_size=8, projection_dim=16,
+    )  # fmt: skip
+    CLIPVisionModelWithProjection(cfg).save_pretrained(d / "clip")
+    CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(d / "clip")
+    dims = [16, 1024, 128, 64, 16, 1]
+    state = {}
+    for idx, (i, o) in zip((0, 2, 4, 6, 7), itertools.pairwise(dims)):
+        state[f"layers.{idx}.weight"] = torch.randn(o, i) / i**0.5
+        state[f"layers.{idx}.bias"] = torch.randn(o) * 0.1
+    state["layers.7.bias"] = torch.tensor([5.0])  # scores land around 5, like LAION's
+    save_file(state, d / "head.safetensors")
+    return d / "clip", d / "head.safetensors", state
+
+
+def test_aesthetic_score_matches_manual_computation(tiny_clip, synthetic_set):
+    from transformers import CLIPVisionModelWithProjection
+
+    clip_dir, head_path, state = tiny_clip
+    pred = AestheticPredictor(str(clip_dir), str(head_path))
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    px = pred.processor(images=frames, return_tensors="pt")["pixel_values"]
+    model = CLIPVisionModelWithProjection.from_pretrained(clip_dir).eval()
+    with torch.no_grad():
+        e = model(pixel_values=px).image_embeds
+    x = e / e.norm(dim=-1, keepdim=True)
+    for idx in (0, 2, 4, 6, 7):  # dropout is identity at inference
+        x = x @ state[f"layers.{idx}.weight"].T + state[f"layers.{idx}.bias"]
+    assert pred(frames) == pytest.approx(float(x.mean()), rel=1e-5, abs=1e-5)
+
+
+def test_aesthetic_stage_drops_below_threshold(tiny_clip, synthetic_set, tmp_path):
+    clip_dir, head_path, _ = tiny_clip
+    _root, truth = synthetic_set
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("good_00", "good_01", "good_02"):
+        shutil.copyfile(truth[name].path, src / truth[name].path.name)
+    base = CurationConfig.preset("synthetic")
+    on = {"enabled": True, "clip_model": str(clip_dir), "head_weights": str(head_path)}
+    scored = curate(
+        src,
+        tmp_path / "a",
+        CurationConfig.from_dict({"default": {"aesthetic": {**on, "min": -1e9}}}, base=base),
+    )
+    scores = sorted(r["aesthetic"] for r in scored.table().to_pylist())
+    assert len(scores) == 3 and all(r["status"] == "kept" for r in scored.table().to_pylist())
+    cut = (scores[0] + scores[1]) / 2  # between the lowest and the middle score
+    res = curate(
+        src,
+        tmp_path / "b",
+        CurationConfig.from_dict({"default": {"aesthetic": {**on, "min": cut}}}, base=base),
+    )
+    rows = res.table().to_pylist()
+    dropped = [r for r in rows if r["status"] == "dropped"]
+    assert len(dropped) == 1 and dropped[0]["stage"] == "aesthetic"
+    assert dropped[0]["aesthetic"] == pytest.approx(scores[0])
+    assert "below" in dropped[0]["reason"]
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    """A tiny LLaVA (CLIP vision tower + Llama text model) with a word-level tokenizer.
+
+    Qwen2-VL's processor needs torchvision for its video processor, which this workspace
+    does not install, so the transformers backend is tested with LLaVA, the same
+    AutoProcessor / AutoModelForImageTextToText path. The final norm is zeroed so every
+    logit is 0 and greedy decoding always emits token 0, "yes": a model whose answer is
+    known.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        CLIPImageProcessor,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    words = [
+        "yes",
+        "no",
+        "a",
+        "the",
+        "video",
+        "clip",
+        "describe",
+        "this",
+        "does",
+        "?",
+        ".",
+        "user",
+        "assistant",
+        ":",
+    ]
+    vocab = {w: i for i, w in enumerate(words)} | {"[UNK]": len(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>",
+        pad_token="<pad>", additional_special_tokens=["<image>"],
+    )  # fmt: skip
+    template = (
+        "{% for m in messages %}{{ m['role'] }} : {% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %} "
+        "{% endfor %}{% if add_generation_prompt %}assistant : {% endif %}"
+    )
+    proc = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
+        tokenizer=fast, chat_template=template, patch_size=14,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+    )  # fmt: skip
+    cfg = LlavaConfig(
+        vision_config=dict(
+            model_type="clip_vision_model", hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+            num_attention_heads=2, image_size=28, patch_size=14, projection_dim=16,
+        ),
+        text_config=dict(
+            model_type="llama", vocab_size=len(fast), hidden_size=32, intermediate_size=64,
+            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+        ),
+        image_token_index=fast.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+        vision_feature_select_strategy="default", pad_token_id=fast.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        model.model.language_model.norm.weight.zero_()
+    d = tmp_path_factory.mktemp("tiny_vlm")
+    model.save_pretrained(d)
+    proc.save_pretrained(d)
+    return d
+
+
+def test_vlm_stage_answers_and_prompts(tiny_vlm):
+    from mugv_data.stages.vlm import VLMStage
+
+    vlm = VLMStage.from_pretrained(
+        str(tiny_vlm), max_new_tokens=3, caption_prompt="describe this clip ."
+    )
+    frames = [np.full((48, 64, 3), 100 + 20 * i, np.uint8) for i in range(2)]
+    assert vlm.caption(frames) == "yes yes yes"
+    flagged, answer = vlm.has_artifacts(frames)
+    assert flagged and answer.startswith("yes")
+    # The chat turn carries one image placeholder per frame and the prompt.
+    seen = {}
+
+    class Spy:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, **kwargs):
+            seen.update(kwargs)
+            return self.inner(**kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    vlm.processor = Spy(vlm.processor)
+    vlm.caption(frames)
+    assert len(seen["images"]) == 2 and "describe this clip ." in seen["text"][0]
+
+
+def test_vlm_stages_in_the_pipeline(tiny_vlm, synthetic_set, tmp_path):
+    _root, truth = synthetic_set
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copyfile(truth["good_00"].path, src / "with_caption.mp4")
+    (src / "with_caption.txt").write_text("a red circle\n")
+    shutil.copyfile(truth["good_01"].path, src / "no_caption.mp4")
+    base = CurationConfig.preset("synthetic")
+    caps = {"model": str(tiny_vlm), "max_new_tokens": 2, "num_frames": 2}
+    res = curate(
+        src, tmp_path / "cap", CurationConfig.from_dict({"default": {"captions": caps}}, base=base)
+    )
+    rows = {r["video_key"].split("-")[0]: r for r in res.table().to_pylist()}
+    assert rows["with_caption"]["caption"] == "a red circle"  # side-car captions win
+    assert rows["no_caption"]["caption"] == "yes yes"
+    flt = {**caps, "caption": False, "artifact_filter": True}
+    res = curate(
+        src, tmp_path / "flt", CurationConfig.from_dict({"default": {"captions": flt}}, base=base)
+    )
+    rows = res.table().to_pylist()
+    assert all(r["stage"] == "artifact" and r["artifact"] == "yes yes" for r in rows)
