@@ -89,3 +89,17 @@ def test_backend_parity_with_sdpa_on_gpu(backend):
         rtol=2e-2,
         atol=2e-2,
     )
+
+
+def test_gpu_only_backend_on_a_cpu_model_is_rejected_at_forward(monkeypatch):
+    from conftest import tiny_inputs
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: real("torch") if name == "flash_attn" else real(name, *a),
+    )
+    model = MUGDiT(tiny_config(attention_backend="flash"))  # "installed" according to find_spec
+    with pytest.raises(ValueError, match="runs only on CUDA"):
+        model(*tiny_inputs())

@@ -128,3 +128,9 @@ def test_convert_official_checkpoint_and_cli(tmp_path):
     )
     assert MUGDiT.from_pretrained(tmp_path / "bf16").dtype == torch.bfloat16
     assert cli_main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "x")]) == 2
+
+
+def test_cli_params(capsys):
+    assert cli_main(["params", "1b", "10b"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["1b\t1,208,059,968", "10b\t10,830,321,984"]

@@ -140,12 +140,11 @@ class MUGDiT(nn.Module):
             raise ValueError(
                 f"x is on {x.device} but the model is on {self.device}; move one of them"
             )
-        if (
-            x.device.type == "cpu"
-            and self.dtype == torch.float16
-            and cfg.attention_backend != "sdpa"
-        ):
-            raise ValueError("float16 on CPU is only supported with attention_backend='sdpa'")
+        if x.device.type != "cuda" and cfg.attention_backend != "sdpa":
+            raise ValueError(
+                f"attention_backend={cfg.attention_backend!r} runs only on CUDA; the model is on "
+                f"{x.device.type}: use attention_backend='sdpa' there"
+            )
         timestep = torch.as_tensor(timestep, device=x.device)
         if timestep.shape != (B,):
             raise ValueError(
