@@ -65,6 +65,9 @@ def test_defaults_equal_explicit_official_arguments():
     )  # fmt: skip
     torch.testing.assert_close(implicit, explicit, rtol=0, atol=0)
     assert not torch.equal(model(x, t, text, mask, fps=24.0), implicit)  # fps is used
+    torch.testing.assert_close(
+        model(x, t, text, mask, fps=torch.full((B, 1), 30.0)), implicit, rtol=0, atol=0
+    )
 
 
 def test_padding_tokens_do_not_matter():

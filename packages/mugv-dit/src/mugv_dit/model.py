@@ -180,6 +180,8 @@ class MUGDiT(nn.Module):
         if fps is None:
             fps = cfg.default_fps
         fps = torch.as_tensor(fps, device=x.device)
+        if fps.ndim == 2 and fps.shape[1] == 1:
+            fps = fps[:, 0]  # the official [B, 1] layout
         if fps.ndim == 0 or fps.shape == (1,):
             fps = fps.reshape(1).expand(B)  # one fps for the batch, as the official code allows
         if fps.shape != (B,):
@@ -229,7 +231,8 @@ class MUGDiT(nn.Module):
         timestep: [B] on the official 0-1000 scale (1000 = pure noise).
         text: [B, S, E] text embeddings (the official [B, 1, S, E] too).
         text_mask: [B, S] bool/int, True for valid caption tokens; None = all valid.
-        fps: number, [1] or [B]; None = ``config.default_fps`` (30, the official pipeline).
+        fps: number, [1], [B] or [B, 1]; None = ``config.default_fps`` (30, as the official
+            pipeline passes).
         x_mask: [B, T] bool, True = frame to generate (timestep t), False = clean
             conditioning frame (timestep 0, for I2V/TI2V); None = every frame generated.
             Start and end tokens always use timestep 0.
