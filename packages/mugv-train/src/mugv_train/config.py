@@ -22,30 +22,36 @@ class ParallelConfig:
 
     tensor_parallel: int = 1
     """TP degree: heads and MLP columns split inside a node."""
+    sequence_parallel: bool = False
+    """With TP > 1: norms, modulation and residuals run on 1/TP of the tokens (reference
+    §G.4 trains with TP 4 + SP). A no-op at TP 1."""
+    context_parallel: int = 1
+    """CP degree: the token sequence is cut into CP chunks; self-attention all-gathers K/V."""
     pipeline_parallel: int = 1
-    """PP degree (reserved: only 1 is supported by the loop in this release)."""
+    """PP degree: the layer stack is cut into PP stages (all-forward-all-backward schedule)."""
     transformer_impl: Literal["local", "transformer_engine"] = "local"
     """Layer spec backend: Megatron local layers (CPU and GPU) or Transformer Engine (GPU)."""
     recompute: Literal["none", "selective", "full"] = "none"
     """Activation recompute: none, selective (core attention) or full (every block)."""
     distributed_optimizer: bool = True
-    """Shard optimizer state over DP ranks (Megatron's distributed optimizer, GPU)."""
+    """On CUDA: Megatron's DDP and distributed optimizer (optimizer state sharded over DP
+    ranks). On CPU (gloo) the loop uses torch AdamW with its own gradient reduction."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Compute dtype: fp32, or bf16 autocast with fp32 master weights."""
     fp8: bool = False
     """FP8 GEMMs through Transformer Engine (GPU, transformer_engine only)."""
 
     def __post_init__(self) -> None:
-        for name in ("tensor_parallel", "pipeline_parallel"):
+        for name in ("tensor_parallel", "context_parallel", "pipeline_parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ParallelConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.pipeline_parallel != 1:
-            raise ValueError(
-                "pipeline_parallel > 1 is not supported by this release of the training loop "
-                "(the layout arithmetic is in docs/scaling.md); use tensor and data parallelism"
-            )
         if self.fp8 and self.transformer_impl != "transformer_engine":
             raise ValueError("fp8 needs transformer_impl='transformer_engine'")
+
+    @property
+    def model_parallel(self) -> int:
+        """Ranks that hold one copy of the model: TP x CP x PP."""
+        return self.tensor_parallel * self.context_parallel * self.pipeline_parallel
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mugv_train.parallel._comm import gather_seq, split_seq
+
 
 # -- norms -----------------------------------------------------------------------------------
 class ModulateLayerNorm(nn.Module):
@@ -150,6 +152,21 @@ def _tp_group() -> torch.distributed.ProcessGroup:
     return parallel_state.get_tensor_model_parallel_group()
 
 
+def _sp_group(config: TransformerConfig) -> torch.distributed.ProcessGroup | None:
+    """The TP group when the layer runs sequence parallel (activations [L / TP, B, D])."""
+    if getattr(config, "mugv_sequence_parallel", False) and _tp_size(config) > 1:
+        return _tp_group()
+    return None
+
+
+def _cp_group() -> torch.distributed.ProcessGroup | None:
+    from megatron.core import parallel_state
+
+    if parallel_state.get_context_parallel_world_size() == 1:
+        return None
+    return parallel_state.get_context_parallel_group()
+
+
 class MUGSelfAttention(MegatronModule):
     """qkv projection, q/k RMSNorm, 3D RoPE, bidirectional attention, output projection."""
 
@@ -210,6 +227,10 @@ class MUGSelfAttention(MegatronModule):
         cos, sin = rope
         q = apply_rope_interleaved(self.q_layernorm(q), cos, sin).to(v.dtype)
         k = apply_rope_interleaved(self.k_layernorm(k), cos, sin).to(v.dtype)
+        # context parallel: this rank's queries attend to the keys of every chunk; K/V grads
+        # from all chunks' queries are summed back onto the chunk that produced them
+        cp = _cp_group()
+        k, v = gather_seq(k, cp, grad="sum"), gather_seq(v, cp, grad="sum")
         out = self.core_attention(q, k, v, key_mask)
         return self.linear_proj(out)
 
@@ -326,7 +347,15 @@ class MUGDiTLayerSubmodules:
 
 
 class MUGDiTLayer(MegatronModule):
-    """One MUG-DiT block (reference §A.5) built from a :class:`MUGDiTLayerSubmodules` spec."""
+    """One MUG-DiT block (reference §A.5) built from a :class:`MUGDiTLayerSubmodules` spec.
+
+    Under sequence parallel ``x`` and ``mod`` hold this TP rank's sub-chunk of the tokens:
+    the norms, modulation and residuals run on it, and each of self-attention, cross-
+    attention and MLP gathers the chunk over TP before its column-parallel linears and
+    keeps its own rows of the (all-reduced) row-parallel output. This is Megatron's SP
+    data flow built from collectives that also run on gloo; on NCCL the gather is the
+    fused all-gather kernel.
+    """
 
     def __init__(
         self, config: TransformerConfig, submodules: MUGDiTLayerSubmodules, layer_number: int = 1
@@ -371,17 +400,19 @@ class MUGDiTLayer(MegatronModule):
             mod
         ).unbind(-2)
         p, training = self.config.hidden_dropout, self.training
+        sp = _sp_group(self.config)
         # 1. modulated self-attention with a gated residual
-        h = self.input_layernorm(x, shift_msa, scale_msa)
+        h = gather_seq(self.input_layernorm(x, shift_msa, scale_msa), sp)
         out, bias = self.self_attention(h, rope, key_mask)
-        x = self.self_attn_bda(out, bias, x, gate_msa, p, training)
+        x = self.self_attn_bda(split_seq(out, sp), bias, x, gate_msa, p, training)
         # 2. text cross-attention: affine LN, no modulation, ungated residual (§A.5 step 3)
-        out, bias = self.cross_attention(self.pre_cross_attn_layernorm(x), context, context_mask)
-        x = self.cross_attn_bda(out, bias, x, p, training)
+        h = gather_seq(self.pre_cross_attn_layernorm(x), sp)
+        out, bias = self.cross_attention(h, context, context_mask)
+        x = self.cross_attn_bda(split_seq(out, sp), bias, x, p, training)
         # 3. modulated MLP with a gated residual
-        h = self.pre_mlp_layernorm(x, shift_mlp, scale_mlp)
+        h = gather_seq(self.pre_mlp_layernorm(x, shift_mlp, scale_mlp), sp)
         out, bias = self.mlp(h)
-        return self.mlp_bda(out, bias, x, gate_mlp, p, training)
+        return self.mlp_bda(split_seq(out, sp), bias, x, gate_mlp, p, training)
 
 
 class MUGDiTBlockStack(MegatronModule):

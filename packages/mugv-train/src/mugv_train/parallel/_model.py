@@ -14,6 +14,7 @@ Parameter names (Megatron layout, §G.2): ``x_embedder.proj``, ``timestep_embedd
 from __future__ import annotations
 
 import math
+import re
 from functools import partial
 
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 
 from mugv_dit import DiTConfig, Mlp, PatchEmbed3D, TimestepEmbedder
 from mugv_train.config import ParallelConfig
+from mugv_train.parallel._comm import copy_reduce_grad, gather_seq, split_seq
 from mugv_train.parallel._layers import MUGDiTBlockStack, ScaleShiftTable
 from mugv_train.parallel._spec import mugdit_layer_spec
 
@@ -35,7 +37,7 @@ def megatron_transformer_config(
     parallel = parallel or ParallelConfig()
     cuda = torch.cuda.is_available()
     std = model.initializer_range
-    return TransformerConfig(
+    config = TransformerConfig(
         num_layers=model.depth,
         hidden_size=model.hidden_size,
         num_attention_heads=model.num_heads,
@@ -58,6 +60,7 @@ def megatron_transformer_config(
         use_cpu_initialization=not cuda,
         tensor_model_parallel_size=parallel.tensor_parallel,
         pipeline_model_parallel_size=parallel.pipeline_parallel,
+        pipeline_dtype=torch.float32,  # hidden states travel between stages in float32
         init_method=partial(torch.nn.init.normal_, mean=0.0, std=std),
         output_layer_init_method=partial(
             torch.nn.init.normal_, mean=0.0, std=std / math.sqrt(2 * model.depth)
@@ -68,6 +71,10 @@ def megatron_transformer_config(
         fp8="hybrid" if parallel.fp8 else None,
         bf16=parallel.precision == "bf16",
     )
+    # our own SP data flow (see _layers.MUGDiTLayer); Megatron's flag stays off so that its
+    # linears do not also scatter/gather (their fused SP collectives need NCCL)
+    config.mugv_sequence_parallel = parallel.sequence_parallel
+    return config
 
 
 class _ContextEmbedder(nn.Module):
@@ -142,32 +149,110 @@ def rope_angles(
     return ang.cos()[:, :, None, :], ang.sin()[:, :, None, :]
 
 
+def _groups(parallel: ParallelConfig):
+    """(TP group if sequence parallel else None, CP group or None) of this rank."""
+    from megatron.core import parallel_state as ps
+
+    sp = None
+    if parallel.sequence_parallel and ps.get_tensor_model_parallel_world_size() > 1:
+        sp = ps.get_tensor_model_parallel_group()
+    cp = ps.get_context_parallel_group() if ps.get_context_parallel_world_size() > 1 else None
+    return sp, cp
+
+
+def _chunk(x: torch.Tensor, group) -> torch.Tensor:
+    """This rank's chunk along dim 0 (no autograd: for tensors without gradients)."""
+    import torch.distributed as dist
+
+    if group is None:
+        return x
+    return x.chunk(dist.get_world_size(group), dim=0)[dist.get_rank(group)]
+
+
 class MegatronMUGDiT(MegatronModule):
-    """MUG-DiT with Megatron-Core blocks (tensor parallel over the heads and MLP columns).
+    """MUG-DiT with Megatron-Core blocks, split over tensor, sequence, context and pipeline
+    parallel ranks as set up by :func:`mugv_train.parallel.init_distributed`.
 
     ``forward`` has the signature and semantics of ``mugv_dit.MUGDiT.forward``:
     x [B, C, T, H, W], timestep [B] on 0-1000, text [B, S, E], text_mask [B, S], fps [B],
     x_mask [B, T] bool (True = generate), frame_indices [B, T + 2] -> float32 [B, 2C, T, H, W].
+
+    Pipeline parallel (reference §G.2): stage p holds layers [p D/PP, (p+1) D/PP); the
+    conditioning embedders (timestep, fps, timestep_block, caption) are on every stage,
+    ``x_embedder`` and the start/end tokens on the first, ``final_layer`` on the last. A
+    stage that is not the first reads its hidden state from :meth:`set_input_tensor`; one
+    that is not the last returns its hidden state [L_local, B, D] instead of the velocity.
+
+    Context parallel (CP) and sequence parallel (SP, with TP): the token sequence
+    [start, video tokens, end] (L = T h w + 2, zero-padded to a multiple of CP x SP and the
+    padding masked out of attention) is cut into CP chunks and each chunk into TP
+    sub-chunks. Self-attention all-gathers K/V over CP with the global 3D-RoPE positions of
+    each chunk; cross-attention and the MLP are token-local; under SP each sub-block
+    gathers its chunk over TP and scatters its output back (see :mod:`._layers`). The start
+    and end tokens are ordinary positions of the global sequence, so they are never
+    duplicated. Gradients of the decoder's parameters are partial per CP rank (and, for
+    the replicated ones, per SP rank): :func:`mugv_train.parallel.finalize_grads` sums them.
     """
 
     def __init__(self, model: DiTConfig, parallel: ParallelConfig | None = None) -> None:
+        from megatron.core import parallel_state as ps
+
         parallel = parallel or ParallelConfig()
         config = megatron_transformer_config(model, parallel)
         super().__init__(config=config)
         self.dit_config = model
         self.parallel = parallel
+        pp_rank = ps.get_pipeline_model_parallel_rank()
+        pp_size = ps.get_pipeline_model_parallel_world_size()
+        if model.depth % pp_size:
+            raise ValueError(f"depth {model.depth} is not divisible by pipeline_parallel={pp_size}")
+        self.pre_process, self.post_process = pp_rank == 0, pp_rank == pp_size - 1
+        self.num_local_layers = model.depth // pp_size
+        self.layer_offset = pp_rank * self.num_local_layers
+        self.input_tensor: torch.Tensor | None = None
         d = model.hidden_size
-        self.x_embedder = PatchEmbed3D(model.patch_size, model.in_channels, d)
+        if self.pre_process:
+            self.x_embedder = PatchEmbed3D(model.patch_size, model.in_channels, d)
         self.timestep_embedder = TimestepEmbedder(d, model.frequency_embedding_size)
         self.fps_embedder = TimestepEmbedder(d, model.frequency_embedding_size)
         self.timestep_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.context_embedder = _ContextEmbedder(model.text_dim, d, model.caption_norm_eps)
-        self.start_token = nn.Parameter(torch.randn(d) * model.initializer_range)
-        self.end_token = nn.Parameter(torch.randn(d) * model.initializer_range)
+        if self.pre_process:
+            self.start_token = nn.Parameter(torch.randn(d) * model.initializer_range)
+            self.end_token = nn.Parameter(torch.randn(d) * model.initializer_range)
         self.decoder = MUGDiTBlockStack(
-            config, mugdit_layer_spec(parallel.transformer_impl), 0, model.depth
+            config,
+            mugdit_layer_spec(parallel.transformer_impl),
+            self.layer_offset,
+            self.num_local_layers,
         )
-        self.final_layer = _FinalLayer(d, model.patch_volume * model.out_channels)
+        if self.post_process:
+            self.final_layer = _FinalLayer(d, model.patch_volume * model.out_channels)
+
+    def set_input_tensor(self, input_tensor: torch.Tensor | None) -> None:
+        """The hidden state received from the previous pipeline stage (not the first)."""
+        self.input_tensor = input_tensor
+
+    def _grid(self, x: torch.Tensor) -> tuple[int, int, int]:
+        pt, ph, pw = self.dit_config.patch_size
+        t, h, w = x.shape[2:]
+        return -(-t // pt), -(-h // ph), -(-w // pw)
+
+    def _padded_length(self, num_tokens: int) -> tuple[int, int]:
+        """(tokens padded to a multiple of the sequence shards, number of shards)."""
+        import torch.distributed as dist
+
+        sp, cp = _groups(self.parallel)
+        shards = (1 if sp is None else dist.get_world_size(sp)) * (
+            1 if cp is None else dist.get_world_size(cp)
+        )
+        return -(-num_tokens // shards) * shards, shards
+
+    def hidden_shape(self, x: torch.Tensor) -> tuple[int, int, int]:
+        """Shape [L_local, B, D] of the hidden state between pipeline stages for input x."""
+        gt, gh, gw = self._grid(x)
+        lp, shards = self._padded_length(gt * gh * gw + 2)
+        return lp // shards, x.shape[0], self.dit_config.hidden_size
 
     def forward(
         self,
@@ -186,12 +271,13 @@ class MegatronMUGDiT(MegatronModule):
                 f"input has {c} latent channels and text dim {text.shape[-1]}; the model expects "
                 f"{cfg.in_channels} and {cfg.text_dim}"
             )
-        dtype = self.x_embedder.proj.weight.dtype
-        # 1. patchify: [B, C, T, H, W] -> [B, N, D], N = T h w (t-major)
-        tokens = self.x_embedder(x.to(dtype))
-        gt, gh, gw = tokens.shape[2:]
-        tokens = tokens.flatten(2).transpose(1, 2)
-        # 2. conditioning: t and t0 embeddings plus fps (§A.3)
+        sp_group, cp_group = _groups(self.parallel)
+        dtype = self.timestep_embedder.mlp[0].weight.dtype
+        gt, gh, gw = self._grid(x)
+        n_tok = gt * gh * gw
+        length = n_tok + 2
+        padded, _ = self._padded_length(length)
+        # 1. conditioning: t and t0 embeddings plus fps (§A.3), on every pipeline stage
         fps_t = torch.as_tensor(
             cfg.default_fps if fps is None else fps, device=x.device, dtype=torch.float32
         )
@@ -201,7 +287,7 @@ class MegatronMUGDiT(MegatronModule):
         t_vec = self.timestep_embedder(timestep.reshape(b).to(dtype)) + fps_emb
         t0_vec = self.timestep_embedder(torch.zeros(b, device=x.device, dtype=dtype)) + fps_emb
         t_mlp, t0_mlp = self.timestep_block(t_vec), self.timestep_block(t0_vec)
-        # 3. caption: embed, keep padded with a key mask (equivalent to the packed varlen form)
+        # 2. caption: embed, keep padded with a key mask (equivalent to the packed varlen form)
         s = text.shape[1]
         tmask = (
             torch.ones(b, s, dtype=torch.bool, device=x.device)
@@ -209,10 +295,8 @@ class MegatronMUGDiT(MegatronModule):
             else text_mask.bool()
         )
         context = self.context_embedder(text.to(dtype)).transpose(0, 1)  # [S, B, D]
-        # 4. sequence [start, tokens, end] with per-token choice of t / t0 modulation (§A.4)
-        seq = torch.cat(
-            [self.start_token.expand(b, 1, -1), tokens, self.end_token.expand(b, 1, -1)], dim=1
-        ).transpose(0, 1)  # [L, B, D]
+        context = copy_reduce_grad(context, cp_group)  # every CP chunk attends to it
+        # 3. per-token choice of t / t0 modulation (§A.4) and the 3D RoPE angles
         frame_mask = (
             torch.ones(b, t, dtype=torch.bool, device=x.device) if x_mask is None else x_mask.bool()
         )
@@ -222,12 +306,11 @@ class MegatronMUGDiT(MegatronModule):
         frame_mask = F.pad(frame_mask, (0, (-t) % pt), value=False).view(b, gt, pt).any(-1)
         tok_mask = frame_mask.repeat_interleave(gh * gw, dim=1)
         tok_mask = F.pad(tok_mask, (1, 1), value=False).t()  # [L, B]
-        mod = torch.where(tok_mask[..., None], t_mlp[None], t0_mlp[None])  # [L, B, 6D]
         if frame_indices is None:
             frame_indices = torch.arange(gt + 2, device=x.device).expand(b, -1)
         elif frame_indices.dim() == 1:
             frame_indices = frame_indices.expand(b, -1)
-        rope = rope_angles(
+        cos, sin = rope_angles(
             frame_indices,
             (gh, gw),
             cfg.head_dim,
@@ -235,8 +318,39 @@ class MegatronMUGDiT(MegatronModule):
             cfg.rope_space_positions,
             cfg.rope_time_positions,
         )
+        pad = padded - length
+        mod = torch.where(tok_mask[..., None], t_mlp[None], t0_mlp[None])  # [L, B, 6D]
+        key_mask = None
+        if pad:  # zero tokens at the end, masked out as attention keys
+            mod = F.pad(mod, (0, 0, 0, 0, 0, pad))
+            cos, sin = (F.pad(a, (0, 0, 0, 0, 0, 0, 0, pad)) for a in (cos, sin))
+            key_mask = torch.arange(padded, device=x.device) < length
+            key_mask = key_mask.expand(b, -1)
+        # CP chunk then SP sub-chunk: RoPE for the chunk attention sees, mod per local token
+        rope = (_chunk(cos, cp_group), _chunk(sin, cp_group))
+        mod = split_seq(split_seq(mod, cp_group), sp_group)
+        # 4. hidden state: [start, tokens, end] on the first stage, else from the previous one
+        if self.pre_process:
+            tokens = self.x_embedder(x.to(self.x_embedder.proj.weight.dtype))
+            tokens = tokens.flatten(2).transpose(1, 2)  # [B, N, D], N = T h w (t-major)
+            seq = torch.cat(
+                [self.start_token.expand(b, 1, -1), tokens, self.end_token.expand(b, 1, -1)],
+                dim=1,
+            ).transpose(0, 1)  # [L, B, D]
+            seq = F.pad(seq, (0, 0, 0, 0, 0, pad)) if pad else seq
+            seq = split_seq(split_seq(seq, cp_group), sp_group)
+        else:
+            if self.input_tensor is None:
+                raise RuntimeError(
+                    "a pipeline stage other than the first needs set_input_tensor() before "
+                    "forward (run it through mugv_train.parallel.run_pipeline)"
+                )
+            seq = self.input_tensor
         # 5. blocks
-        seq = self.decoder(seq, mod, context, tmask, rope, None)
+        seq = self.decoder(seq, mod, context, tmask, rope, key_mask)
+        if not self.post_process:
+            return seq
+        seq = gather_seq(gather_seq(seq, sp_group), cp_group)[:length]
         # 6. final layer on the video tokens, t / t0 chosen per token
         vec = torch.where(tok_mask[1:-1, :, None], t_vec[None], t0_vec[None]).transpose(0, 1)
         out = self.final_layer(seq[1:-1].transpose(0, 1), vec).float()  # [B, N, p * 2C]
@@ -248,20 +362,44 @@ class MegatronMUGDiT(MegatronModule):
         return out[:, :, :t, :hgt, :wid]
 
 
+_STAGE_KEYS = ("x_embedder.", "start_token", "end_token", "final_layer.")
+
+
+def _to_stage(key: str, offset: int, count: int) -> str | None:
+    """Global layer key -> this stage's local key (None if the layer is on another stage)."""
+    m = re.match(r"decoder\.layers\.(\d+)\.(.*)", key)
+    if not m:
+        return key
+    i = int(m.group(1)) - offset
+    return f"decoder.layers.{i}.{m.group(2)}" if 0 <= i < count else None
+
+
+def _to_global(key: str, offset: int) -> str:
+    m = re.match(r"decoder\.layers\.(\d+)\.(.*)", key)
+    return key if not m else f"decoder.layers.{int(m.group(1)) + offset}.{m.group(2)}"
+
+
 def load_full_state_dict(
     model: MegatronMUGDiT, state: dict[str, torch.Tensor], strict: bool = True
 ) -> None:
-    """Load a full (TP 1) Megatron state dict into this rank's shard of ``model``."""
+    """Load a full (TP 1, all layers) Megatron state dict into this rank's part of ``model``
+    (its tensor-parallel shard of its pipeline stage's layers)."""
     from megatron.core import parallel_state
 
     from mugv_train.parallel._convert import shard_for_tensor_parallel
 
     rank = parallel_state.get_tensor_model_parallel_rank()
     size = parallel_state.get_tensor_model_parallel_world_size()
-    shard = shard_for_tensor_parallel(
-        {k: v for k, v in state.items() if not k.endswith("_extra_state")}, rank, size
-    )
     own = model.state_dict()
+    staged = {}
+    for key, value in state.items():
+        if key.endswith("_extra_state"):
+            continue
+        local = _to_stage(key, model.layer_offset, model.num_local_layers)
+        if local is None or (local not in own and key.startswith(_STAGE_KEYS)):
+            continue  # held by another pipeline stage
+        staged[local] = value
+    shard = shard_for_tensor_parallel(staged, rank, size)
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in shard.items()
@@ -281,7 +419,8 @@ def load_full_state_dict(
 
 
 def full_state_dict(model: MegatronMUGDiT) -> dict[str, torch.Tensor]:
-    """Gather the tensor-parallel shards into one full (TP 1) Megatron state dict (all ranks)."""
+    """Gather the tensor-parallel shards and pipeline stages into one full (TP 1) Megatron
+    state dict with global layer numbers (collective: every rank calls it, all get it)."""
     import torch.distributed as dist
     from megatron.core import parallel_state
 
@@ -290,12 +429,25 @@ def full_state_dict(model: MegatronMUGDiT) -> dict[str, torch.Tensor]:
     local = {k: v.detach() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     size = parallel_state.get_tensor_model_parallel_world_size()
     if size == 1:
-        return {k: v.clone() for k, v in local.items()}
-    group = parallel_state.get_tensor_model_parallel_group()
-    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(size)]
-    for key, value in local.items():
-        parts = [torch.empty_like(value) for _ in range(size)]
-        dist.all_gather(parts, value.contiguous(), group=group)
-        for r in range(size):
-            shards[r][key] = parts[r]
-    return merge_tensor_parallel(shards)
+        merged = {k: v.clone() for k, v in local.items()}
+    else:
+        group = parallel_state.get_tensor_model_parallel_group()
+        shards: list[dict[str, torch.Tensor]] = [{} for _ in range(size)]
+        for key, value in local.items():
+            parts = [torch.empty_like(value) for _ in range(size)]
+            dist.all_gather(parts, value.contiguous(), group=group)
+            for r in range(size):
+                shards[r][key] = parts[r]
+        merged = merge_tensor_parallel(shards)
+    merged = {_to_global(k, model.layer_offset): v for k, v in merged.items()}
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return merged
+    stages: list = [None] * parallel_state.get_pipeline_model_parallel_world_size()
+    cpu = {k: v.cpu() for k, v in merged.items()}
+    dist.all_gather_object(stages, cpu, group=parallel_state.get_pipeline_model_parallel_group())
+    device = next(iter(merged.values())).device
+    full: dict[str, torch.Tensor] = {}
+    for stage in stages:
+        for k, v in stage.items():
+            full.setdefault(k, v.to(device))
+    return full

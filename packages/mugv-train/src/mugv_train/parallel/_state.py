@@ -39,19 +39,24 @@ def init_distributed(parallel: ParallelConfig, *, timeout_s: float = 600.0) -> t
                 timeout=timeout,
             )
     world = dist.get_world_size()
-    tp, pp = parallel.tensor_parallel, parallel.pipeline_parallel
-    if world % (tp * pp):
+    tp, cp, pp = parallel.tensor_parallel, parallel.context_parallel, parallel.pipeline_parallel
+    if world % (tp * cp * pp):
         raise ValueError(
-            f"world size {world} is not divisible by tensor_parallel x pipeline_parallel = {tp * pp}"
+            f"world size {world} is not divisible by tensor_parallel x context_parallel x "
+            f"pipeline_parallel = {tp} x {cp} x {pp}; launch a multiple of {tp * cp * pp} ranks "
+            "or lower the parallel degrees"
         )
-    if (
-        parallel_state.model_parallel_is_initialized()
-        and parallel_state.get_tensor_model_parallel_world_size() != tp
-    ):
+    if parallel_state.model_parallel_is_initialized() and (
+        parallel_state.get_tensor_model_parallel_world_size(),
+        parallel_state.get_context_parallel_world_size(),
+        parallel_state.get_pipeline_model_parallel_world_size(),
+    ) != (tp, cp, pp):
         parallel_state.destroy_model_parallel()
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
+            context_parallel_size=cp,
         )
     return dist.get_rank(), world
 
@@ -76,6 +81,20 @@ def tp_rank_and_size() -> tuple[int, int]:
 
 def data_parallel_group() -> dist.ProcessGroup:
     return parallel_state.get_data_parallel_group()
+
+
+def pp_rank_and_size() -> tuple[int, int]:
+    return (
+        parallel_state.get_pipeline_model_parallel_rank(),
+        parallel_state.get_pipeline_model_parallel_world_size(),
+    )
+
+
+def cp_rank_and_size() -> tuple[int, int]:
+    return (
+        parallel_state.get_context_parallel_rank(),
+        parallel_state.get_context_parallel_world_size(),
+    )
 
 
 def data_parallel_rank_and_size() -> tuple[int, int]:
