@@ -1,0 +1,171 @@
+"""Trainer (PSNR rises, exact resume, GAN/adaptive stages), evaluator and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mugv_testing import assert_close
+from mugv_vae import (
+    LPIPS,
+    TrainConfig,
+    VAEConfig,
+    VAETrainer,
+    VideoVAE,
+    evaluate_folder,
+    psnr_video,
+    read_video,
+    ssim_video,
+    write_video,
+)
+from mugv_vae._video_io import synthetic_clip
+from mugv_vae.cli import main as cli_main
+
+# the debug widths with one block per stage: same stages, fast enough for CPU tests
+FAST = VAEConfig.preset("debug", temporal_num_res_blocks=1, layers_per_block=1)
+
+
+def _config(tmp_path, **kw) -> TrainConfig:
+    base = dict(
+        output_dir=str(tmp_path / "run"),
+        vae=FAST,
+        num_frames=8,
+        height=16,
+        width=16,
+        batch_size=2,
+        lr=2e-3,
+        checkpoint_every=1000,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _val_psnr(model: VideoVAE, val: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        r = model.decode(model.encode(val), 8)
+    model.train()
+    return float(
+        torch.stack([torch.tensor(psnr_video(r[i], val[i])) for i in range(len(val))]).mean()
+    )
+
+
+def test_reconstruction_psnr_rises_on_synthetic_clips(tmp_path) -> None:
+    trainer = VAETrainer(_config(tmp_path, steps=12))
+    val = torch.stack([synthetic_clip(10**6 + i, 8, 16, 16) for i in range(2)])
+    before = _val_psnr(trainer.model, val)
+    history = trainer.train()
+    after = _val_psnr(trainer.model, val)
+    assert len(history) == 12 and all(m["window"] == 1 for m in history)  # 8 frames: R capped at 1
+    assert after > before + 2.0, (before, after)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, 13))
+    final = VideoVAE.from_pretrained(tmp_path / "run" / "final")
+    assert_close(
+        final.temporal_vae.quant_conv.conv.weight, trainer.model.temporal_vae.quant_conv.conv.weight
+    )
+
+
+def test_resume_is_exact_with_gan_and_adaptive_stages(tmp_path) -> None:
+    torch.manual_seed(0)
+    net = LPIPS((4, 4, 8, 8, 8))
+    torch.save(net.state_dict(), tmp_path / "lpips.pt")
+    kw = dict(
+        num_frames=16,
+        batch_size=1,
+        decode_windows=(1, 4, 8),
+        adaptive_start=1,
+        gan_start=2,
+        disc_channels=4,
+        lpips_path=str(tmp_path / "lpips.pt"),
+        lpips_widths=(4, 4, 8, 8, 8),
+        checkpoint_every=2,
+    )
+    straight = VAETrainer(_config(tmp_path / "a", steps=4, **kw))
+    hist = straight.train()
+    assert {m["window"] for m in hist} <= {1, 2}  # 16 frames = 2 latents: R capped at 2
+    assert "disc" in hist[-1] and "perceptual" in hist[-1] and hist[-1]["adaptive"] == 1.0
+    first = VAETrainer(_config(tmp_path / "b", steps=2, **kw))
+    first.train()
+    resumed = VAETrainer(_config(tmp_path / "b", steps=4, **kw))
+    assert resumed.step == 2
+    hist_b = resumed.train()
+    assert [m["total"] for m in hist_b] == [m["total"] for m in hist[2:]]
+    for (k, v), w in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(v, w), k
+    assert straight.disc is not None and resumed.disc is not None
+    for v, w in zip(straight.disc.state_dict().values(), resumed.disc.state_dict().values()):
+        assert torch.equal(v, w)
+    assert [p.name for p in resumed.checkpoints()] == ["step_0000002", "step_0000004"]
+
+
+def test_train_config_checks() -> None:
+    with pytest.raises(ValueError, match="multiple of 8"):
+        TrainConfig(output_dir="x", num_frames=12)
+    cfg = TrainConfig(output_dir="x", decode_windows=(1, 4))
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict({"output_dir": "x", "lr_max": 1})
+
+
+def test_metrics_known_values() -> None:
+    a = torch.zeros(3, 2, 8, 8)
+    # [-1, 1] offset 0.1 -> 0.05 on [0, 1]: PSNR = 10 log10(1 / 0.0025)
+    assert abs(psnr_video(a + 0.1, a) - 26.0206) < 1e-3
+    assert abs(ssim_video(a, a) - 1.0) < 1e-6
+    g = torch.Generator().manual_seed(0)
+    b = torch.rand(3, 2, 16, 16, generator=g) * 2 - 1
+    assert ssim_video(b, torch.rand(3, 2, 16, 16, generator=g) * 2 - 1) < 0.2
+
+
+def test_evaluate_folder_reports_metrics_frames_and_bad_files(tmp_path) -> None:
+    videos = tmp_path / "videos"
+    write_video(videos / "a.mp4", synthetic_clip(1, 9, 32, 32), fps=8)
+    write_video(videos / "b.mp4", synthetic_clip(2, 8, 24, 40), fps=8)
+    (videos / "broken.mp4").write_bytes(b"not a video at all")
+    torch.manual_seed(0)
+    model = VideoVAE(FAST)
+    torch.manual_seed(1)
+    net = LPIPS((4, 4, 8, 8, 8))
+    torch.save(net.state_dict(), tmp_path / "lpips.pt")
+    result = evaluate_folder(
+        model,
+        videos,
+        tmp_path / "eval",
+        lpips_path=tmp_path / "lpips.pt",
+        lpips_widths=(4, 4, 8, 8, 8),
+    )
+    assert [c["name"] for c in result["clips"]] == ["a.mp4", "b.mp4"]
+    assert [f["name"] for f in result["failed"]] == ["broken.mp4"]
+    # independent recomputation of clip a's PSNR
+    video, _ = read_video(videos / "a.mp4")
+    with torch.no_grad():
+        recon = model.decode(model.encode(video[None]), num_frames=9)[0]
+    assert abs(result["clips"][0]["psnr"] - psnr_video(recon, video)) < 1e-4
+    assert result["clips"][0]["frames"] == 9 and result["clips"][1]["width"] == 40
+    on_disk = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert on_disk["mean"]["psnr"] == pytest.approx(result["mean"]["psnr"])
+    summary = (tmp_path / "eval" / "summary.md").read_text()
+    assert "| a.mp4 | 9 | 32x32 |" in summary and "broken.mp4" in summary and "LPIPS" in summary
+    from PIL import Image
+
+    pngs = sorted((tmp_path / "eval" / "frames").glob("*.png"))
+    assert [p.name for p in pngs] == ["a_f0000.png", "a_f0008.png", "b_f0000.png", "b_f0007.png"]
+    assert Image.open(pngs[-1]).size == (80, 24)  # original | reconstruction
+
+
+def test_cli_train_then_eval(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    rc = cli_main(
+        ["train", "--out", str(out), "--preset", "debug", "--steps", "1",
+         "--set", "height=16", "--set", "width=16", "--set", "num_frames=8",
+         "--set", "batch_size=1"]
+    )  # fmt: skip
+    assert rc == 0 and (out / "final" / "model.safetensors").is_file()
+    assert VideoVAE.from_pretrained(out / "final").config == VAEConfig.preset("debug")
+    write_video(tmp_path / "v" / "c.mp4", synthetic_clip(3, 8, 16, 16), fps=8)
+    rc = cli_main(["eval", "--model", str(out / "final"), "--videos", str(tmp_path / "v"),
+                   "--out", str(tmp_path / "e")])  # fmt: skip
+    assert rc == 0 and "| c.mp4 | 8 | 16x16 |" in capsys.readouterr().out
