@@ -261,6 +261,14 @@ def test_sample_uses_cpu_generator_and_logvar_clamp(vae: VideoVAE) -> None:
         assert_close(s1, want)
         assert_close(vae.encode(x), vae.normalize(mean))
         assert (s1 - vae.encode(x)).abs().max() > 1e-3
+        # longer clips: one draw per 6-latent micro-chunk, in order (official per-chunk draws)
+        mean = torch.zeros(1, 24, 8, 2, 3)
+        g = torch.Generator().manual_seed(9)
+        want = torch.cat(
+            [torch.randn(1, 24, 6, 2, 3, generator=g), torch.randn(1, 24, 2, 2, 3, generator=g)], 2
+        )
+        got = vae.sample_posterior(mean, torch.zeros_like(mean), torch.Generator().manual_seed(9))
+        assert_close(got, want)
     clamped = VideoVAE(vae.config)
     clamped.load_state_dict(vae.state_dict())
     with torch.no_grad():

@@ -255,13 +255,30 @@ class VideoVAE(nn.Module):
         logvar: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """mean + std * eps, eps drawn on the CPU (with ``generator``) then moved (§B.3)."""
+        """mean + std * eps, eps drawn on the CPU (with ``generator``) then moved (§B.3).
+
+        ``mean``/``logvar``: [B, 24, T, h, w]. The noise is drawn per micro-chunk of
+        ``micro_frame_size / 8`` latents (official: 6), in order, as the official encode does.
+        """
         if generator is not None and generator.device.type != "cpu":
             raise ValueError(
                 f"generator must be a CPU torch.Generator (noise is drawn on the CPU like the "
                 f"official code), got one on {generator.device}"
             )
-        eps = torch.randn(mean.shape, generator=generator, device="cpu", dtype=torch.float32)
+        # one draw per micro-chunk of latents, in order, like the official per-chunk sampling
+        step = self.config.micro_frame_size // TIME_FACTOR
+        eps = torch.cat(
+            [
+                torch.randn(
+                    (*mean.shape[:2], min(step, mean.shape[2] - s), *mean.shape[3:]),
+                    generator=generator,
+                    device="cpu",
+                    dtype=torch.float32,
+                )
+                for s in range(0, mean.shape[2], step)
+            ],
+            dim=2,
+        )
         return mean + torch.exp(0.5 * logvar) * eps.to(mean.device, mean.dtype)
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
