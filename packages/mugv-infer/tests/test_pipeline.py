@@ -246,7 +246,10 @@ def test_step_cache_psnr_and_speedup(pipe, record_property):
     record_property("step_cache_wall_speedup", round(t_off / t_on, 2))
     print(f"step cache: {skipped}/{steps} steps skipped, PSNR {quality:.1f} dB, x{speedup:.2f}")
     assert 0 < skipped < steps - 3
-    assert 20.0 < quality < float("inf")
+    # 7 of 12 steps reused gives ~32 dB on this model; a cache that reused the wrong output
+    # (another batch half, a stale step) lands far below. Exactness at threshold 0 is
+    # tested in test_runtime; the benchmark reports the knob's trade-off at 25 steps.
+    assert 25.0 < quality < float("inf")
 
 
 # --------------------------------------------------------------------------- parallel
@@ -266,18 +269,13 @@ class _FixedText:
 
 def _parallel_worker(rank, world, snapshot, table, kwargs):
     torch.set_num_threads(1)
-    # Building the DiT on the CPU skips the meta-device path, whose first use costs ~15 s of
-    # lazy torch imports per process on a busy machine; the weights are the same dit.pt.
+    # Components built on the CPU and filled from the same files: the meta-device path of
+    # from_official costs ~15 s of lazy torch imports in every fresh process.
     dit = mugv_dit.MUGDiT(mugv_dit.DiTConfig.preset("debug", text_dim=384))
     dit.load_state_dict(torch.load(f"{snapshot}/dit.pt", weights_only=True))
-    pipe = MUGVPipeline.from_pretrained(
-        snapshot,
-        dit=dit.eval(),
-        text_encoder=_FixedText(table),
-        vae_config=mugv_vae.VAEConfig.preset("debug"),
-        device="cpu",
-        quirks=OfficialQuirks.official(),
-    )
+    vae = mugv_vae.VideoVAE(mugv_vae.VAEConfig.preset("debug"))
+    vae.load_state_dict(torch.load(f"{snapshot}/vae.pt", weights_only=True))
+    pipe = MUGVPipeline(dit.eval(), vae.eval(), _FixedText(table), quirks=OfficialQuirks.official())
     results = {}
     for name, (cfg, sp) in {"sp2": (1, 2), "cfg2": (2, 1)}.items():
         pipe.enable_parallel(init_parallel(cfg_degree=cfg, sp_degree=sp))
@@ -301,6 +299,41 @@ def test_sequence_and_cfg_parallel_equal_single_process(pipe, hub):
             assert_close(
                 torch.from_numpy(latents), single, rtol=1e-4, atol=1e-5, name=f"{name} r{rank}"
             )
+
+
+# --------------------------------------------------------------------------- command
+
+
+def test_cli_single_and_batch(hub, minilm, tmp_path, capsys):
+    from mugv_infer.cli import main
+
+    _, snapshot = hub  # a local folder in the official layout (dit.pt, vae.pt)
+    common = [
+        "--model", str(snapshot), "--text-encoder", str(minilm), "--vae-preset", "debug",
+        "--device", "cpu", "--height", str(H), "--width", str(W), "--duration", str(FRAMES),
+        "--steps", "2", "--no-progress",
+    ]  # fmt: skip
+    _image().save(tmp_path / "ref.png")
+    out = tmp_path / "one.mp4"
+    assert main(["generate", "--prompt", "a fox", "--image", str(tmp_path / "ref.png"),
+                 "--out", str(out), *common]) == 0  # fmt: skip
+    assert capsys.readouterr().out.split() == [str(out)]
+    clip = read_mp4(out)
+    assert (clip.num_frames, clip.size, clip.fps) == (FRAMES, (H, W), 30.0)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "a fox", "image": "ref.png", "out": "a.mp4"}\n'
+                    '{"prompt": "a cat", "seed": 3}\n')  # fmt: skip
+    assert main(["generate", "--batch", str(jobs), "--out-dir", str(tmp_path / "b"), *common]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(tmp_path / "b" / "a.mp4"), str(tmp_path / "b" / "0001.mp4")]
+    assert all(read_mp4(p).num_frames == FRAMES for p in printed)
+    csv_jobs = tmp_path / "jobs.csv"
+    csv_jobs.write_text("prompt,colour\na fox,red\n")
+    with pytest.raises(SystemExit, match="unknown columns"):
+        main(["generate", "--batch", str(csv_jobs), "--out-dir", str(tmp_path), *common])
+    assert main(["generate", "--prompt", "a fox", "--aspect", "2:1", "--out", str(out),
+                 *common[:8], "--no-progress"]) == 2  # fmt: skip
+    assert "unknown aspect ratio" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- bad input
