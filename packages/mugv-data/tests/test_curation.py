@@ -189,3 +189,43 @@ def test_weights_equalise_strata_with_alpha_one():
     assert np.allclose(list(totals.values()), next(iter(totals.values())))
     strata, w = stratified_weights(tags, cfg)  # alpha 0.5: rare up-weighted, not equalised
     assert w[-1] > w[6] > w[0]
+
+
+def test_clip_extraction_copies_packets_where_possible(synthetic_set, synthetic_config, tmp_path):
+    import av
+
+    from mugv_data._video import extract_clip
+
+    _root, truth = synthetic_set
+
+    def decode(p):
+        with av.open(str(p)) as c:
+            return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+    src = decode(truth["cuts"].path)
+    # The encoder put keyframes at the hard cuts: the middle scene is copied bit-exactly.
+    path, mode = extract_clip(truth["cuts"].path, 36, 72, 24.0, tmp_path / "mid")
+    assert mode == "copy" and all(
+        np.array_equal(a, b) for a, b in zip(decode(path), src[36:72], strict=True)
+    )
+    # A start inside a GOP needs re-encoding: same frame count, close pixels.
+    path, mode = extract_clip(truth["good_00"].path, 10, 40, 24.0, tmp_path / "gop")
+    plain = decode(truth["good_00"].path)
+    out = decode(path)
+    assert mode == "reencode" and len(out) == 30
+    assert np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(out, plain[10:40])]) < 4
+    # Rotation metadata survives a packet copy.
+    path, mode = extract_clip(truth["rotated"].path, 0, 72, 24.0, tmp_path / "rot")
+    info = probe(path)
+    assert mode == "copy" and (info.rotation, info.width, info.height) == (90, 48, 64)
+    # In the pipeline: kept clips only, named in the manifest.
+    cfg = CurationConfig.from_dict({"extract_clips": True}, base=synthetic_config)
+    sub = tmp_path / "in"
+    sub.mkdir()
+    for name in ("cuts", "blurry"):
+        (sub / truth[name].path.name).write_bytes(truth[name].path.read_bytes())
+    res = curate(sub, tmp_path / "out", cfg)
+    rows = res.table().to_pylist()
+    files = sorted(r["clip_file"] for r in rows if r["clip_file"])
+    assert len(files) == 3 and all(r["clip_file"] is None for r in rows if r["status"] != "kept")
+    assert [len(decode(res.out_dir / f)) for f in files] == [36, 36, 36]

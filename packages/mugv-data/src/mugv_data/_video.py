@@ -278,3 +278,64 @@ def write_video(
         for packet in s.encode():
             c.mux(packet)
     return path
+
+
+_COPY_TO_MP4 = {"h264", "hevc", "mpeg4", "av1"}
+
+
+def extract_clip(
+    path: str | Path, start: int, end: int, fps: float, out_stem: str | Path
+) -> tuple[Path, str]:
+    """Write frames ``[start, end)`` of ``path`` to ``out_stem`` + extension.
+
+    Without re-encoding when possible: if ``start`` is a keyframe and ``end`` is a keyframe
+    or the end of the stream, the packets in between are copied (a cut anywhere else would
+    leave frames whose references are missing); otherwise the frames are decoded and
+    re-encoded with H.264 (CRF 17), upright. Returns ``(path, "copy" | "reencode")``.
+    The file is written under a temporary name and renamed into place.
+    """
+    import os
+
+    out_stem = Path(out_stem)
+    with _open(path) as c:
+        s = c.streams.video[0]
+        packets = [p for p in c.demux(s) if p.size and p.pts is not None]
+        start_time = s.start_time or 0
+        tb = float(s.time_base)
+
+        def index(p) -> int:
+            return round((p.pts - start_time) * tb * fps)
+
+        keys = {index(p): i for i, p in enumerate(packets) if p.is_keyframe}
+        n = len(packets)
+        codec = s.codec_context.name
+        copyable = start in keys and (end in keys or end >= n) and codec in _COPY_TO_MP4
+        if copyable:
+            first, last = keys[start], keys.get(end, n)
+            ext = ".mp4"
+            out_path = out_stem.with_suffix(ext)
+            tmp = out_path.with_name(f".{out_path.name}.tmp{ext}")
+            rotation = 0
+            with av.open(str(tmp), "w") as o:
+                os_ = o.add_stream_from_template(s)
+                with _open(path) as c2:
+                    f0 = next(c2.decode(video=0))
+                    rotation = _rotation_of(f0)
+                if rotation:
+                    os_.set_display_rotation(rotation)
+                base = packets[first].dts if packets[first].dts is not None else packets[first].pts
+                for p in packets[first:last]:
+                    p.pts -= base
+                    if p.dts is not None:
+                        p.dts -= base
+                    p.stream = os_
+                    o.mux(p)
+            os.replace(tmp, out_path)
+            return out_path, "copy"
+    frames = read_frames(path, range(start, end), fps=fps)
+    ordered = [frames[i] for i in range(start, end) if i in frames]
+    out_path = out_stem.with_suffix(".mp4")
+    tmp = out_path.with_name(f".{out_path.name}.tmp.mp4")
+    write_video(tmp, ordered, fps, crf=17)
+    os.replace(tmp, out_path)
+    return out_path, "reencode"

@@ -259,6 +259,8 @@ class CurationConfig:
     buckets: BucketConfig = field(default_factory=BucketConfig)
     workers: int = 1
     """Local engine processes (1 = in this process)."""
+    extract_clips: bool = False
+    """Write each kept clip to ``<out>/clips/<clip_id>.mp4`` (packet copy where possible)."""
     video_extensions: tuple[str, ...] = (
         ".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".wmv",
         ".3gp",
@@ -317,7 +319,7 @@ class CurationConfig:
         ):
             if name in d:
                 kw[name] = _overlay(getattr(cfg, name), d[name], name)
-        for name in ("workers", "video_extensions"):
+        for name in ("workers", "video_extensions", "extract_clips"):
             if name in d:
                 kw[name] = tuple(d[name]) if name == "video_extensions" else d[name]
         return replace(cfg, **kw)

@@ -320,7 +320,7 @@ _CLIP_COLUMNS = [
     "start_frame", "end_frame", "start_s", "end_s", "duration_s", "fps", "width", "height",
     "rotation", "caption", "sharpness", "motion", "aesthetic", "artifact", "phash",
     "duplicate_of", "duplicate_distance", "tags", "stratum", "weight", "bucket", "tier",
-    "aspect", "bucket_height", "bucket_width", "bucket_frames",
+    "aspect", "bucket_height", "bucket_width", "bucket_frames", "clip_file",
 ]  # fmt: skip
 
 
@@ -510,6 +510,8 @@ class Pipeline:
             new = list(_local_engine(todo, cfg, self.models, out, self.progress))
         records += new
         rows, videos = finalize(records, cfg)
+        if cfg.extract_clips:
+            _extract(rows, out, self.progress)
         write_parquet_atomic(
             pa.Table.from_pylist(rows, schema=_clip_schema()), out / "manifest.parquet"
         )
@@ -526,6 +528,23 @@ class Pipeline:
         return CurationResult(
             out, out / "manifest.parquet", out / "videos.parquet", counts, len(new)
         )
+
+
+def _extract(rows: list[dict], out: Path, progress: bool) -> None:
+    """Kept clips to ``clips/<clip_id>.mp4``; existing files are kept (resume)."""
+    from tqdm.auto import tqdm
+
+    from mugv_data._video import extract_clip
+
+    (out / "clips").mkdir(exist_ok=True)
+    kept = [r for r in rows if r["status"] == "kept"]
+    for r in tqdm(kept, desc="extract", unit="clip", disable=not progress):
+        rel = f"clips/{r['clip_id']}.mp4"
+        if not (out / rel).exists():
+            extract_clip(
+                r["path"], r["start_frame"], r["end_frame"], r["fps"], out / "clips" / r["clip_id"]
+            )
+        r["clip_file"] = rel
 
 
 def _clip_schema() -> pa.Schema:
