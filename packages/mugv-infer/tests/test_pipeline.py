@@ -207,6 +207,21 @@ def test_components_offload_and_saved_pipeline_agree(pipe, tmp_path):
     assert torch.equal(_generate(ours, output_type="latent").latents, ref)
 
 
+def test_vae_tiling_switch(pipe):
+    """Tiling changes only the decode (mugv-vae tests its accuracy); latents are untouched."""
+    untiled = _generate(pipe, output_type="pt")
+    config = pipe.vae.config
+    try:
+        pipe.enable_vae_tiling(tile_latent_size=4, overlap=2)
+        assert pipe.vae.config.tile_latent_size == 4
+        tiled = _generate(pipe, output_type="pt")
+    finally:
+        pipe.vae.config = config
+    assert torch.equal(tiled.latents, untiled.latents)
+    assert tiled.videos.shape == untiled.videos.shape
+    assert not torch.equal(tiled.videos, untiled.videos)
+
+
 def test_any_conditioning_frames_and_extension(pipe):
     first, last = _image(seed=1), _image(seed=2)
     out = _generate(pipe, images={0: first, -1: last}, output_type="pt")
@@ -218,6 +233,13 @@ def test_any_conditioning_frames_and_extension(pipe):
     cond, mask = extension_conditioning(clip, context_frames=1, new_frames=2)
     ext = _generate(pipe, cond_latents=cond, cond_mask=mask, output_type="latent")
     assert torch.equal(ext.latents[:, :, 0], clip[:, :, -1])
+    # Pixel-level extension: the last 8 frames of a clip are encoded into the first latent.
+    video = out.videos.clamp(-1, 1)
+    more = pipe.extend("the fox keeps running", video, context_frames=1, num_new_frames=16,
+                       steps=STEPS, seed=7, progress=False, output_type="pt")  # fmt: skip
+    expected = pipe.vae.encode(video[:, :, -8:])
+    assert torch.equal(more.latents[:, :, 0], expected[:, :, 0].float())
+    assert more.videos.shape == (1, 3, 24, H, W)
     # CFG-Zero* runs through the pipeline and changes the result.
     zstar = _generate(pipe, guidance=CFGZeroStar(4.0, zero_init_steps=1), output_type="latent")
     assert not torch.allclose(zstar.latents, _generate(pipe, output_type="latent").latents)
@@ -369,6 +391,30 @@ def test_missing_weights_offline_says_how_to_get_them(tmp_path, minilm):
 def test_bad_input_errors(pipe, kwargs, error, match):
     with pytest.raises(error, match=match):
         _generate(pipe, **kwargs)
+
+
+def test_out_of_memory_suggests_offload_and_tiling(pipe):
+    class OOMDiT(torch.nn.Module):
+        config = pipe.dit.config
+        dtype = torch.float32
+
+        def forward(self, *args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+
+    small = MUGVPipeline(OOMDiT(), pipe.vae, pipe.text_encoder)
+    with pytest.raises(torch.OutOfMemoryError, match=r"enable_block_offload.*vae_tiling"):
+        _generate(small, output_type="latent")
+
+
+def test_compile_keeps_results(pipe):
+    ref = _generate(pipe, output_type="latent").latents
+    compiled = MUGVPipeline(**pipe.components, quirks=OfficialQuirks.official())
+    compiled.compile(backend="eager")  # the compile plumbing; inductor needs a C++ toolchain
+    try:
+        assert_close(_generate(compiled, output_type="latent").latents, ref)
+    finally:
+        for block in pipe.dit.blocks:  # components are shared: undo the compile wrappers
+            block._compiled_call_impl = None
 
 
 def test_long_prompt_warns_about_truncation(pipe):

@@ -561,6 +561,55 @@ class MUGVPipeline:
         timings["write"] = time.perf_counter() - t0
         return out
 
+    def extend(
+        self,
+        prompt: str | Sequence[str],
+        video: torch.Tensor | str | os.PathLike[str],
+        *,
+        context_frames: int = 1,
+        num_new_frames: int = 64,
+        **kwargs: Any,
+    ) -> GenerationOutput:
+        """Video extension: continue ``video`` from its last frames.
+
+        The last ``8 * context_frames`` pixel frames of ``video`` (an MP4 path, or a float
+        tensor [B, 3, N, H, W] in [-1, 1]) are encoded (posterior mean) into
+        ``context_frames`` clean latent frames that open a new clip of ``context_frames +
+        num_new_frames / 8`` latent frames; the rest is generated. The returned clip starts
+        with the (re-decoded) context frames, so its first ``8 * context_frames`` frames
+        overlap the end of ``video``. ``kwargs`` go to ``__call__`` (steps, guidance,
+        seed, output_type, ...); the size is the input's.
+        """
+        from mugv_infer._media import read_mp4
+        from mugv_infer.sampling import extension_conditioning
+
+        if isinstance(video, str | os.PathLike):
+            frames = torch.from_numpy(read_mp4(video).frames).permute(3, 0, 1, 2)
+            video = (frames.float() / 127.5 - 1)[None]
+        if video.dim() != 5 or video.shape[1] != 3:
+            raise ValueError(f"video must be [B, 3, N, H, W], got {tuple(video.shape)}")
+        need = 8 * context_frames
+        if context_frames < 1 or video.shape[2] < need:
+            raise ValueError(
+                f"context_frames={context_frames} needs the last {need} frames, the video has "
+                f"{video.shape[2]}"
+            )
+        if num_new_frames < 8 or num_new_frames % 8:
+            raise ValueError(
+                f"num_new_frames must be a positive multiple of 8, got {num_new_frames}"
+            )
+        height, width = video.shape[-2:]
+        with torch.no_grad(), self._on_device(self.vae):
+            context = self.vae.encode(video[:, :, -need:].to(self.device, self.vae.dtype))
+        cond, mask = extension_conditioning(context.float(), context_frames, num_new_frames // 8)
+        if isinstance(prompt, str):
+            prompt = [prompt] * cond.shape[0]
+        total = 8 * (context_frames + num_new_frames // 8)
+        return self(
+            prompt, cond_latents=cond, cond_mask=mask, height=height, width=width,
+            duration=total, **kwargs,
+        )  # fmt: skip
+
 
 # ---------------------------------------------------------------------- helpers
 
