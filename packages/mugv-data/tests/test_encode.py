@@ -9,6 +9,7 @@ import time
 
 import av
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -134,3 +135,27 @@ def test_official_real_source_is_normalised(tmp_path):
     torch.testing.assert_close(s["latent"], (z - shift) / scale)
     assert torch.equal(s["text"], y[0, 0, :5])
     assert (s["height"], s["width"], s["num_frames"]) == (24, 32, 9)
+
+
+def test_encode_refuses_shards_of_another_clip_list(encoded, small_curated, tmp_path):
+    import shutil
+
+    from mugv_data import encode_clips
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    shutil.copyfile(encoded[0] / "shard-00000.safetensors", shards / "shard-00000.safetensors")
+    curated = tmp_path / "curated"
+    curated.mkdir()
+    table = small_curated.table()
+    first = min(r["clip_id"] for r in table.to_pylist() if r["status"] == "kept")
+    pq.write_table(
+        table.filter(pc.not_equal(table["clip_id"], first)), curated / "manifest.parquet"
+    )
+    shutil.copyfile(small_curated.out_dir / "config.json", curated / "config.json")
+
+    def unused(*args, **kwargs):
+        raise AssertionError("nothing may be encoded")
+
+    with pytest.raises(ValueError, match="different clip list"):
+        encode_clips(curated, shards, vae=unused, text_encoder=unused, shard_size=2)

@@ -128,7 +128,13 @@ def encode_clips(
     encode_text = _text_encoder(text_encoder)
     out = Path(out_dir)
     with ShardWriter(out, shard_size=shard_size, resume=True) as writer:
-        todo = [r for r in rows if r["clip_id"] not in writer.done_ids]
+        done = [r["id"] for r in writer.rows]
+        if done != [r["clip_id"] for r in rows[: len(done)]]:
+            raise ValueError(
+                f"{out} holds shards of a different clip list (the curation changed since they "
+                "were written); encode into an empty folder"
+            )
+        todo = rows[len(done) :]
         for row in tqdm(todo, desc="encode", unit="clip", disable=not progress):
             row = {**row, "bucket_fps": bucket_fps}
             video = clip_pixels(row)[None].to(device)
