@@ -333,7 +333,7 @@ def test_cli_single_and_batch(hub, minilm, tmp_path, capsys):
     common = [
         "--model", str(snapshot), "--text-encoder", str(minilm), "--vae-preset", "debug",
         "--device", "cpu", "--height", str(H), "--width", str(W), "--duration", str(FRAMES),
-        "--steps", "2", "--no-progress",
+        "--steps", "2", "--no-progress", "--offload", "block",
     ]  # fmt: skip
     _image().save(tmp_path / "ref.png")
     out = tmp_path / "one.mp4"

@@ -151,12 +151,9 @@ def _load_pipeline(args: argparse.Namespace):
         device=args.device,
         dtype=_DTYPES[args.dtype] if args.dtype else None,
         quirks=quirks,
+        offload=None if args.offload == "none" else args.offload,
         local_files_only=args.local_files_only,
     )
-    if args.offload == "model":
-        pipe.enable_model_offload()
-    elif args.offload == "block":
-        pipe.enable_block_offload()
     if args.vae_tiling:
         pipe.enable_vae_tiling()
     if args.step_cache is not None:

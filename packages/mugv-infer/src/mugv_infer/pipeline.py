@@ -148,6 +148,7 @@ class MUGVPipeline:
         dtype: torch.dtype | None = None,
         text_encoder_dtype: torch.dtype = torch.float32,
         quirks: OfficialQuirks | None = None,
+        offload: Literal["model", "block"] | None = None,
         revision: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         token: str | None = None,
@@ -162,6 +163,9 @@ class MUGVPipeline:
         official T5-XXL, run in ``text_encoder_dtype`` = float32 like the official code) or a
         ready encoder. ``vae_config`` is the VAE topology of an official ``vae.pt`` (default
         the ``mugv`` preset). ``dtype`` defaults to bfloat16 on CUDA and float32 elsewhere.
+        ``offload`` ("model" or "block") loads every component into CPU memory first and
+        enables that offload mode, so the weights never need to fit the device together
+        (the 24 GB path for 10b: ``offload="block"``).
         """
         import mugv_dit
         import mugv_vae
@@ -171,6 +175,9 @@ class MUGVPipeline:
         device = torch.device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        if offload not in (None, "model", "block"):
+            raise ValueError(f"offload must be None, 'model' or 'block', got {offload!r}")
+        load_device = torch.device("cpu") if offload else device
         hub = {
             "revision": revision,
             "cache_dir": cache_dir,
@@ -180,26 +187,33 @@ class MUGVPipeline:
         if dit is None or vae is None:
             files = _resolve_weights(repo_or_dir, **hub)
             if dit is None:
-                if files["format"] == "official":
-                    dit = mugv_dit.MUGDiT.from_official(files["dit"], dtype=dtype, device=device)
-                else:
-                    dit = mugv_dit.MUGDiT.from_pretrained(files["dit"], dtype=dtype, device=device)
+                load = (
+                    mugv_dit.MUGDiT.from_official
+                    if files["format"] == "official"
+                    else mugv_dit.MUGDiT.from_pretrained
+                )
+                dit = load(files["dit"], dtype=dtype, device=load_device)
             if vae is None:
                 if files["format"] == "official":
                     vae = mugv_vae.VideoVAE.from_official(
-                        files["vae"], vae_config, device=device, dtype=dtype
+                        files["vae"], vae_config, device=load_device, dtype=dtype
                     )
                 else:
                     vae = mugv_vae.VideoVAE.from_pretrained(
-                        files["vae"], device=device, dtype=dtype
+                        files["vae"], device=load_device, dtype=dtype
                     )
         if text_encoder is None:
             raise ValueError("text_encoder is required (a Hub id, a local folder or an encoder)")
         if isinstance(text_encoder, str | os.PathLike):
             text_encoder = _load_text_encoder(
-                text_encoder, text_encoder_dtype, device, local_files_only, revision=None
+                text_encoder, text_encoder_dtype, load_device, local_files_only, revision=None
             )
-        return cls(dit.eval(), vae.eval(), text_encoder, sampler, device=device, quirks=quirks)
+        pipe = cls(dit.eval(), vae.eval(), text_encoder, sampler, device=device, quirks=quirks)
+        if offload == "model":
+            pipe.enable_model_offload()
+        elif offload == "block":
+            pipe.enable_block_offload()
+        return pipe
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``dit/`` and ``vae/`` in our format plus ``pipeline.json`` (text encoder name,
