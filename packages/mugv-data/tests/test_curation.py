@@ -229,3 +229,20 @@ def test_clip_extraction_copies_packets_where_possible(synthetic_set, synthetic_
     files = sorted(r["clip_file"] for r in rows if r["clip_file"])
     assert len(files) == 3 and all(r["clip_file"] is None for r in rows if r["status"] != "kept")
     assert [len(decode(res.out_dir / f)) for f in files] == [36, 36, 36]
+
+
+def test_manifest_input_with_captions_and_sources(synthetic_set, synthetic_config, tmp_path):
+    root, truth = synthetic_set
+    csv = tmp_path / "inputs.csv"
+    rel = [truth[n].path.relative_to(root) for n in ("good_00", "good_01")]
+    (tmp_path / "v").symlink_to(root)
+    csv.write_text(
+        f"path,caption,source\nv/{rel[0]},a caption from the manifest,web\nv/{rel[1]},,archive\n"
+    )
+    res = curate(csv, tmp_path / "out", synthetic_config)
+    rows = sorted(res.table().to_pylist(), key=lambda r: r["source"])
+    assert [r["source"] for r in rows] == ["archive", "web"]
+    assert rows[1]["caption"] == "a caption from the manifest"
+    assert rows[0]["caption"] == truth["good_01"].caption  # falls back to the side-car
+    with pytest.raises(FileNotFoundError, match="input not found"):
+        curate(tmp_path / "missing", tmp_path / "o2", synthetic_config)

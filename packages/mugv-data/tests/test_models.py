@@ -209,3 +209,17 @@ def test_vlm_stages_in_the_pipeline(tiny_vlm, synthetic_set, tmp_path):
     )
     rows = res.table().to_pylist()
     assert all(r["stage"] == "artifact" and r["artifact"] == "yes yes" for r in rows)
+
+
+def test_aesthetic_head_from_the_hub_cache(tiny_clip, tmp_path):
+    from mugv_data.stages.aesthetic import load_head
+    from mugv_testing import build_hf_cache, offline_hf_cache
+
+    _, head_path, state = tiny_clip
+    build_hf_cache(tmp_path / "hub", "laion/aesthetic-head", {"heads/head.safetensors": head_path})
+    with offline_hf_cache(tmp_path / "hub"):
+        head = load_head("hf://laion/aesthetic-head/heads/head.safetensors")
+    for k, v in state.items():
+        assert torch.equal(head.state_dict()[k], v)
+    with pytest.raises(ValueError, match="hf://org/repo/file"):
+        load_head("hf://laion/aesthetic-head")
