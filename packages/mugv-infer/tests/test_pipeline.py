@@ -385,8 +385,17 @@ def test_missing_weights_offline_says_how_to_get_them(tmp_path, minilm):
         ({"image": Image.new("I;16", (8, 8))}, ValueError, "mode 'I;16'"),
         ({"output_type": "gif"}, ValueError, "output_type"),
         ({"output_type": "mp4"}, ValueError, "output_path"),
+        (
+            {
+                "image": np.zeros((8, 8, 3), np.uint8),
+                "cond_latents": torch.zeros(1),
+                "cond_mask": torch.zeros(1),
+            },
+            ValueError,
+            "not both",
+        ),
     ],
-    ids=["aspect", "duration", "image-missing", "image-mode", "output-type", "mp4-path"],
+    ids=["aspect", "duration", "image-missing", "image-mode", "output-type", "mp4-path", "both"],
 )
 def test_bad_input_errors(pipe, kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -467,6 +467,11 @@ class MUGVPipeline:
             raise ValueError("give image= (first frame) or images= (any frames), not both")
         if image is not None:
             images = {0: image}
+        if images and (cond_latents is not None or cond_mask is not None):
+            raise ValueError(
+                "give conditioning images (image= / images=) or latents (cond_latents= / "
+                "cond_mask=), not both"
+            )
         B = len(prompts)
         quirks = self.quirks
         if (height is None) != (width is None):
@@ -482,7 +487,10 @@ class MUGVPipeline:
         )
         if generator is None:
             generator = torch.Generator("cpu")
-            generator.manual_seed(seed if seed is not None else torch.seed())
+            # No seed: a fresh one from the OS, without touching torch's global RNG.
+            generator.manual_seed(
+                seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+            )
         timings: dict[str, float] = {}
         guide = as_guidance(guidance)
         use_cfg = guide.needs_uncond()
