@@ -31,11 +31,17 @@ class RunError(RuntimeError):
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of the run: ``fn(ctx, folder) -> summary`` writes its outputs in ``folder``."""
+    """One step of the run: ``fn(ctx, folder) -> summary`` writes its outputs in ``folder``.
+
+    ``resumable``: after an interruption the stage runs again in its partial folder,
+    continuing from what is there (the stage resumes by itself); otherwise the partial
+    folder is deleted and the stage starts from scratch.
+    """
 
     name: str
     title: str
     fn: Callable[[RunContext, Path], dict[str, Any]]
+    resumable: bool = False
 
 
 class RunContext:
@@ -98,11 +104,16 @@ def run_stages(
             log(f"{head}: already done ({record['seconds']:.1f} s in an earlier run), skipped")
             results[stage.name] = {**record, "skipped": True}
         else:
-            for stale in (partial, final):  # an interrupted attempt: start the stage again
-                if stale.exists():
-                    shutil.rmtree(stale)
-            partial.mkdir()
-            log(f"{head}: {stage.title}")
+            if final.exists():  # renamed but unmarked: cannot happen through this runner
+                shutil.rmtree(final)
+            resuming = partial.exists() and stage.resumable
+            if partial.exists() and not stage.resumable:  # interrupted: start again
+                shutil.rmtree(partial)
+            partial.mkdir(exist_ok=True)
+            log(
+                f"{head}: {stage.title}"
+                + (" (resuming an interrupted attempt)" if resuming else "")
+            )
             start = time.perf_counter()
             summary = stage.fn(ctx, partial)
             seconds = time.perf_counter() - start
