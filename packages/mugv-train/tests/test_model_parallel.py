@@ -86,7 +86,9 @@ def _run_layouts(rank: int, world: int, state_path: str):
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
+@pytest.mark.timeout(300)
 def test_pp2_cp2_and_tp2_sp_equal_one_process(megatron_tp1, tmp_path):
     from mugv_testing import assert_close, run_distributed
     from mugv_train.parallel import MegatronMUGDiT, full_state_dict

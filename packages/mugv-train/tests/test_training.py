@@ -134,12 +134,12 @@ def test_nonfinite_losses_are_skipped_then_stop(megatron_tp1, tmp_path, monkeypa
     from mugv_train import NonFiniteLossError, train
 
     shards = tiny_shards(tmp_path / "shards")
-    real = loop._forward_loss
+    real = loop._objective
 
     def nan_loss(*args, **kwargs):
         loss, per = real(*args, **kwargs)
         return loss * float("nan"), per
 
-    monkeypatch.setattr(loop, "_forward_loss", nan_loss)
+    monkeypatch.setattr(loop, "_objective", nan_loss)
     with pytest.raises(NonFiniteLossError, match="3 consecutive"):
         train(tiny_train_config(shards, tmp_path / "out", steps=6, max_nonfinite_steps=3))

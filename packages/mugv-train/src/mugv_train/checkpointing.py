@@ -4,8 +4,9 @@ Layout (``<output_dir>/checkpoints``)::
 
     step_00000100/            one complete checkpoint
         meta.json             format version, step, TP size, DiTConfig, run name
-        model_tp{r}.pt        this TP rank's shard of the model (written by DP rank 0)
-        optim_tp{r}.pt        optimizer state of that shard (written by DP rank 0)
+        model_tp{t}_pp{p}.pt  the model part of TP rank t on pipeline stage p (written by
+                              DP rank 0, CP rank 0: the other copies are equal)
+        optim_tp{t}_pp{p}.pt  optimizer state of that part
         trainer_dp{d}.pt      step, LR scheduler, data position, RNG states, EMA, history
                               (one per DP rank: data positions differ per rank)
     latest                    name of the newest complete checkpoint (atomic text file)
@@ -30,7 +31,7 @@ import torch.distributed as dist
 
 from mugv_train._io import atomic_torch_save, atomic_write_text, fsync_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class CheckpointError(RuntimeError):
@@ -69,6 +70,8 @@ def save_checkpoint(
     meta: dict[str, Any],
     tp_rank: int,
     dp_rank: int,
+    pp_rank: int = 0,
+    cp_rank: int = 0,
     keep_last: int = 0,
 ) -> Path:
     """Write one checkpoint collectively (every rank calls this). Returns the final folder."""
@@ -83,10 +86,10 @@ def save_checkpoint(
                 shutil.rmtree(partial)
             partial.mkdir(parents=True)
         _barrier()
-        if dp_rank == 0:
-            atomic_torch_save(model_state, partial / f"model_tp{tp_rank}.pt")
-            atomic_torch_save(optim_state, partial / f"optim_tp{tp_rank}.pt")
-        if tp_rank == 0:
+        if dp_rank == 0 and cp_rank == 0:
+            atomic_torch_save(model_state, partial / f"model_tp{tp_rank}_pp{pp_rank}.pt")
+            atomic_torch_save(optim_state, partial / f"optim_tp{tp_rank}_pp{pp_rank}.pt")
+        if tp_rank == 0 and pp_rank == 0 and cp_rank == 0:
             atomic_torch_save(trainer_state, partial / f"trainer_dp{dp_rank}.pt")
     except OSError as exc:
         error = exc
@@ -125,7 +128,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, *, tp_rank: int, dp_rank: int, expect: dict[str, Any]
+    path: Path, *, tp_rank: int, dp_rank: int, expect: dict[str, Any], pp_rank: int = 0
 ) -> dict[str, Any]:
     """Read this rank's part of a checkpoint, checking that it fits the run.
 
@@ -151,7 +154,7 @@ def load_checkpoint(
         )
     return {
         "meta": meta,
-        "model": torch.load(path / f"model_tp{tp_rank}.pt", weights_only=False),
-        "optim": torch.load(path / f"optim_tp{tp_rank}.pt", weights_only=False),
+        "model": torch.load(path / f"model_tp{tp_rank}_pp{pp_rank}.pt", weights_only=False),
+        "optim": torch.load(path / f"optim_tp{tp_rank}_pp{pp_rank}.pt", weights_only=False),
         "trainer": torch.load(trainer, weights_only=False),
     }

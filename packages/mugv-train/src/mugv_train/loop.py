@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mugv_train._optim import build_optimizer
 from mugv_train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from mugv_train.config import TrainConfig
 from mugv_train.data_loading import Batch, Prefetcher, ShardStream, open_shard_roots
@@ -39,16 +40,20 @@ from mugv_train.objectives import (
 )
 from mugv_train.parallel import (
     MegatronMUGDiT,
+    broadcast_from_last_stage,
     dit_to_megatron,
     full_state_dict,
     init_distributed,
     load_full_state_dict,
     megatron_to_dit,
+    run_pipeline,
     seed_everything,
 )
 from mugv_train.parallel._state import (
+    cp_rank_and_size,
     data_parallel_group,
     data_parallel_rank_and_size,
+    pp_rank_and_size,
     tp_rank_and_size,
 )
 from mugv_train.schedules import lr_at
@@ -152,42 +157,6 @@ class _Logger:
             self.wandb.finish()
 
 
-def _allreduce_grads(params: list[torch.nn.Parameter], dp_size: int) -> None:
-    """Average gradients over the data-parallel group (one flat buffer, one collective)."""
-    if dp_size == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, group=data_parallel_group())
-    flat /= dp_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def _clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
-    """Clip by the global norm; tensor-parallel shards contribute their own slices once."""
-    from megatron.core import parallel_state
-
-    tp_size = parallel_state.get_tensor_model_parallel_world_size()
-    sq = torch.zeros((), dtype=torch.float64)
-    for p in params:
-        if p.grad is None:
-            continue
-        g2 = p.grad.detach().double().pow(2).sum()
-        # replicated parameters are counted once per TP rank: scale them to count once
-        sq += g2 if getattr(p, "tensor_model_parallel", False) or tp_size == 1 else g2 / tp_size
-    if tp_size > 1:
-        dist.all_reduce(sq, group=parallel_state.get_tensor_model_parallel_group())
-    norm = math.sqrt(sq.item())
-    if max_norm > 0 and norm > max_norm:
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(max_norm / (norm + 1e-6))
-    return norm
-
-
 def _prepare(batch: Batch, config: TrainConfig, step: int, dp_rank: int, null_text: torch.Tensor):
     """Tasks, masks, timesteps, noise and the noisy input for one batch (seeded per step)."""
     g = torch.Generator().manual_seed(hash((config.seed, step, dp_rank)) % 2**63)
@@ -213,21 +182,21 @@ def _prepare(batch: Batch, config: TrainConfig, step: int, dp_rank: int, null_te
     )  # fmt: skip
 
 
-def _forward_loss(
-    model, ref_model, batch: Batch, prep: dict, config: TrainConfig, device
+def _autocast(config: TrainConfig, device: torch.device):
+    if config.parallel.precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _objective(
+    pred: torch.Tensor,
+    ref_err: torch.Tensor | None,
+    batch: Batch,
+    prep: dict,
+    config: TrainConfig,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scalar loss and the per-sample flow losses [B]."""
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if config.parallel.precision == "bf16"
-        else contextlib.nullcontext()
-    )
-    args = dict(
-        timestep=prep["timesteps"].to(device), text=prep["text"].to(device),
-        text_mask=batch.text_mask.to(device), fps=batch.fps.to(device), x_mask=prep["x_mask"].to(device),
-    )  # fmt: skip
-    with autocast:
-        pred = model(prep["xt"].to(device), **args)
+    """Scalar loss and the per-sample flow losses [B] from the predicted velocity."""
     x0, noise, mask = prep["x0"].to(device), prep["noise"].to(device), prep["x_mask"].to(device)
     per_sample = per_sample_flow_loss(pred, x0, noise, mask)
     weights = task_weights(prep["tasks"], config.objective.task_weights).to(device)
@@ -235,23 +204,14 @@ def _forward_loss(
     kind = config.objective.kind
     if kind == "flow":
         return sft, per_sample.detach()
-    with torch.no_grad(), autocast:
-        ref_err = per_sample_flow_loss(ref_model(prep["xt"].to(device), **args), x0, noise, mask)
     if kind == "dpo":
         # a DPO batch holds pairs: even rows preferred, odd rows rejected (same prompt)
-        if per_sample.shape[0] % 2:
-            raise ValueError(
-                "a DPO micro-batch must hold (preferred, rejected) pairs: use an even batch_size"
-            )
         pref = diffusion_dpo_loss(
             per_sample[0::2], per_sample[1::2], ref_err[0::2], ref_err[1::2], config.objective.beta
         )
         sft = per_sample[0::2].mean()
     else:
-        labels = batch.extra.get("label")
-        if labels is None:
-            raise ValueError("KTO needs a boolean 'label' column in the shards (True = desirable)")
-        good = torch.tensor([bool(v) for v in labels], device=device)
+        good = torch.tensor([bool(v) for v in batch.extra["label"]], device=device)
         pref = diffusion_kto_loss(
             per_sample, ref_err, good, config.objective.beta,
             lambda_desirable=config.objective.kto_lambda_desirable,
@@ -259,6 +219,56 @@ def _forward_loss(
         )  # fmt: skip
         sft = per_sample[good].mean() if good.any() else per_sample.sum() * 0
     return pref + config.objective.sft_weight * sft, per_sample.detach()
+
+
+def _check_batch(batch: Batch, config: TrainConfig) -> None:
+    kind = config.objective.kind
+    if kind == "dpo" and batch.latent.shape[0] % 2:
+        raise ValueError(
+            "a DPO micro-batch must hold (preferred, rejected) pairs: use an even batch_size"
+        )
+    if kind == "kto" and "label" not in batch.extra:
+        raise ValueError("KTO needs a boolean 'label' column in the shards (True = desirable)")
+
+
+def _forward_backward(
+    model, ref_model, batch: Batch, prep: dict, config: TrainConfig, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of one micro-batch through the pipeline stages.
+
+    Returns the loss and per-sample flow losses [B] on every rank (broadcast from the last
+    pipeline stage); ``.grad`` holds this rank's (not yet reduced) gradients.
+    """
+    _check_batch(batch, config)
+    inputs = dict(
+        x=prep["xt"].to(device), timestep=prep["timesteps"].to(device),
+        text=prep["text"].to(device), text_mask=batch.text_mask.to(device),
+        fps=batch.fps.to(device), x_mask=prep["x_mask"].to(device),
+    )  # fmt: skip
+    autocast = _autocast(config, device)
+    ref_err = None
+    if ref_model is not None:
+        x0, noise, mask = (prep[k].to(device) for k in ("x0", "noise", "x_mask"))
+        res = run_pipeline(
+            ref_model,
+            [inputs],
+            lambda out, _i: (per_sample_flow_loss(out, x0, noise, mask), None),
+            forward_only=True,
+            autocast=autocast,
+        )
+        ref_err = res[0][0] if res else None
+    res = run_pipeline(
+        model,
+        [inputs],
+        lambda out, _i: _objective(out, ref_err, batch, prep, config, device),
+        autocast=autocast,
+    )
+    b = batch.latent.shape[0]
+    loss = broadcast_from_last_stage(res[0][0] if res else None, torch.zeros((), device=device))
+    per_sample = broadcast_from_last_stage(
+        res[0][1] if res else None, torch.zeros(b, device=device)
+    )
+    return loss, per_sample
 
 
 def export_mugv_dit(
@@ -278,6 +288,8 @@ def train(config: TrainConfig) -> TrainResult:
     out = Path(config.output_dir)
     rank, _ = init_distributed(config.parallel)
     tp_rank, _ = tp_rank_and_size()
+    pp_rank, _ = pp_rank_and_size()
+    cp_rank, _ = cp_rank_and_size()
     dp_rank, dp_size = data_parallel_rank_and_size()
     seed_everything(config.seed)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -304,11 +316,7 @@ def train(config: TrainConfig) -> TrainResult:
         from mugv_train.lora import add_lora
 
         add_lora(model, config.lora)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(
-        params, lr=config.optim.lr, betas=config.optim.betas, eps=config.optim.eps,
-        weight_decay=config.optim.weight_decay, foreach=False,
-    )  # fmt: skip
+    opt = build_optimizer(model, config)
     ema = OnlineEMA(model, config.ema.decay, config.ema.interval) if config.ema else None
 
     stream = ShardStream(
@@ -328,12 +336,14 @@ def train(config: TrainConfig) -> TrainResult:
     meta = {
         "model": config.model.to_dict(),
         "tensor_parallel": config.parallel.tensor_parallel,
+        "pipeline_parallel": config.parallel.pipeline_parallel,
+        "context_parallel": config.parallel.context_parallel,
         "data_parallel": dp_size,
         "lora": dataclasses.asdict(config.lora) if config.lora else None,
     }
     latest = latest_checkpoint(ckpt_root) if config.checkpoint.resume else None
     if latest is not None:
-        ck = load_checkpoint(latest, tp_rank=tp_rank, dp_rank=dp_rank, expect=meta)
+        ck = load_checkpoint(latest, tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, expect=meta)
         model.load_state_dict(ck["model"], strict=False)
         opt.load_state_dict(ck["optim"])
         tr = ck["trainer"]
@@ -361,7 +371,8 @@ def train(config: TrainConfig) -> TrainResult:
                 "skipped_nonfinite": skipped_nonfinite, "skipped_corrupt": skipped_corrupt,
                 "rng_cpu": torch.get_rng_state(), "ema": ema.state_dict() if ema else None,
             },
-            meta={**meta, "name": config.name}, tp_rank=tp_rank, dp_rank=dp_rank,
+            meta={**meta, "name": config.name}, tp_rank=tp_rank, pp_rank=pp_rank,
+            cp_rank=cp_rank, dp_rank=dp_rank,
             keep_last=config.checkpoint.keep_last,
         )  # fmt: skip
 
@@ -374,11 +385,9 @@ def train(config: TrainConfig) -> TrainResult:
             skipped_corrupt += batch.skipped
             prep = _prepare(batch, config, step, dp_rank, null_text)
             lr = lr_at(step, config.train_steps, config.optim)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss, per_sample = _forward_loss(model, ref_model, batch, prep, config, device)
-            opt.zero_grad(set_to_none=True)
-            finite = torch.tensor([1.0 if torch.isfinite(loss).item() else 0.0])
+            opt.zero_grad()
+            loss, per_sample = _forward_backward(opt.module, ref_model, batch, prep, config, device)
+            finite = torch.tensor([1.0 if torch.isfinite(loss).item() else 0.0], device=device)
             if dist.get_world_size() > 1:
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             if finite.item() < 1:
@@ -389,17 +398,15 @@ def train(config: TrainConfig) -> TrainResult:
                         f"{nonfinite_in_row} consecutive steps had a NaN/inf loss (last at step {step}); "
                         "lower optim.lr, check the data, or resume from an earlier checkpoint"
                     )
+                opt.zero_grad()
                 continue
             nonfinite_in_row = 0
-            loss.backward()
-            _allreduce_grads(params, dp_size)
-            grad_norm = _clip_grad_norm(params, config.optim.clip_grad)
-            opt.step()
+            grad_norm = opt.step(lr)
             if ema is not None:
                 ema.update(model, step)
 
             # metrics: mean loss over DP ranks, per task
-            stats = torch.tensor([loss.item(), 1.0])
+            stats = torch.tensor([loss.item(), 1.0], device=device)
             if dp_size > 1:
                 dist.all_reduce(stats, group=data_parallel_group())
             mean_loss = (stats[0] / stats[1]).item()

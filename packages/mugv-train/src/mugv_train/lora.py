@@ -54,6 +54,12 @@ def add_lora(model: nn.Module, config: LoRAConfig, seed: int = 0) -> list[str]:
             torch.randn(config.rank, in_f, generator=g) / math.sqrt(config.rank)
         )
         module.lora_B = nn.Parameter(torch.zeros(out_f, config.rank))
+        # gradient bookkeeping for mugv_train.parallel.finalize_grads / clip_grad_norm
+        sharded, replicated = (
+            (module.lora_A, module.lora_B) if row else (module.lora_B, module.lora_A)
+        )
+        sharded.tensor_model_parallel = True
+        replicated.mugv_tp_grad = "complete" if row else "partial"
         module._lora_row = row
         module._lora_scale = config.alpha / config.rank
         module._lora_base_forward = module.forward
