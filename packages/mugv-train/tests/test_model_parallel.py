@@ -1,6 +1,7 @@
 """PP = 2, CP = 2 and TP = 2 + SP over gloo compute what one process computes.
 
-Same full weights, same inputs (an odd token count, so the sequence shards need padding;
+Same full weights (PP 2 and TP 2 + SP read them from a torch_dist checkpoint written by
+one process, i.e. resharded by Megatron's loader; CP 2 from the full state dict), same inputs (an odd token count, so the sequence shards need padding;
 a conditioning frame; non-contiguous frame indices for the 3D RoPE): the outputs, the
 losses of three SGD steps and every parameter afterwards (i.e. the gradients, including
 the ones reduced over TP / CP / PP) must match the single-process model.
@@ -66,10 +67,25 @@ def _train_steps(model, steps: int = 3):
     return losses, first_out, {k: v.numpy() for k, v in full_state_dict(model).items()}
 
 
-def _run_layouts(rank: int, world: int, state_path: str):
+def _main_replicas(model) -> list[tuple[str, tuple]]:
+    """(key, global offset) of the sharded tensors this rank writes in a torch_dist save."""
+    from megatron.core.dist_checkpointing import ShardedTensor
+
+    out = []
+    for ten in model.sharded_state_dict().values():
+        if isinstance(ten, ShardedTensor):
+            rid = (ten.replica_id,) if isinstance(ten.replica_id, int) else ten.replica_id
+            if all(r == 0 for r in rid):
+                out.append((ten.key, tuple(ten.global_offset)))
+    return out
+
+
+def _run_layouts(rank: int, world: int, state_path: str, dist_dir: str):
     import warnings
 
     warnings.filterwarnings("ignore")
+    from megatron.core import dist_checkpointing
+
     from mugv_train.config import ParallelConfig
     from mugv_train.parallel import MegatronMUGDiT, init_distributed, load_full_state_dict
 
@@ -81,15 +97,31 @@ def _run_layouts(rank: int, world: int, state_path: str):
         init_distributed(parallel)
         torch.manual_seed(123 + rank)  # different per rank: weights must come from the state
         model = MegatronMUGDiT(tiny_dit_config(), parallel)
-        load_full_state_dict(model, state)
-        results[name] = _train_steps(model)
+        if name == "cp2":
+            load_full_state_dict(model, state)
+        else:
+            loaded = dist_checkpointing.load(model.sharded_state_dict(), dist_dir)
+            model.load_state_dict(loaded, strict=False)
+        replicas = _main_replicas(model)
+        results[name] = (*_train_steps(model), replicas)
     return results
+
+
+def _save_torch_dist(model, path, monkeypatch) -> None:
+    """Megatron's torch_dist writer, with its two CPU-meaningless CUDA calls made no-ops
+    (see test_torch_dist.py)."""
+    from megatron.core import dist_checkpointing
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")
+    path.mkdir()
+    dist_checkpointing.save(model.sharded_state_dict(), str(path))
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.timeout(300)
-def test_pp2_cp2_and_tp2_sp_equal_one_process(megatron_tp1, tmp_path):
+def test_pp2_cp2_and_tp2_sp_equal_one_process(megatron_tp1, tmp_path, monkeypatch):
     from mugv_testing import assert_close, run_distributed
     from mugv_train.parallel import MegatronMUGDiT, full_state_dict
 
@@ -99,15 +131,28 @@ def test_pp2_cp2_and_tp2_sp_equal_one_process(megatron_tp1, tmp_path):
         for p in ref.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     torch.save(full_state_dict(ref), tmp_path / "state.pt")
+    _save_torch_dist(ref, tmp_path / "dist", monkeypatch)
+    ref_replicas = sorted(_main_replicas(ref))
     ref_losses, ref_out, ref_final = _train_steps(ref)
     assert ref_losses[0] != ref_losses[-1]  # the steps changed the model
 
     per_rank = run_distributed(
-        _run_layouts, world_size=2, args=(str(tmp_path / "state.pt"),), timeout=300
+        _run_layouts,
+        world_size=2,
+        args=(str(tmp_path / "state.pt"), str(tmp_path / "dist")),
+        timeout=300,
     )
     for name in LAYOUTS:
+        # a torch_dist save would write every tensor (slice) exactly once, e.g. the
+        # embedders present on both pipeline stages only from stage 0
+        written = sorted(r for results in per_rank for r in results[name][3])
+        if name != "tp2-sp":  # TP splits some tensors into two slices
+            assert written == ref_replicas, name
+        else:
+            assert sorted({k for k, _ in written}) == sorted({k for k, _ in ref_replicas})
+            assert len(written) == len(set(written))
         for rank, results in enumerate(per_rank):
-            losses, out, final = results[name]
+            losses, out, final, _ = results[name]
             assert losses == pytest.approx(ref_losses, rel=1e-5, abs=1e-6), (name, rank)
             if out is not None:  # the last pipeline stage (every rank without PP)
                 assert_close(torch.from_numpy(out), torch.from_numpy(ref_out), rtol=1e-5,

@@ -58,6 +58,37 @@ class TorchOptimizer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state)
 
+    def sharded_state_dict(self, model_sharded: dict, is_loading: bool = False) -> dict[str, Any]:
+        """AdamW moments as ShardedTensors sharded like their parameters (torch_dist).
+
+        The per-parameter ``step`` counters are equal (every parameter steps every step):
+        one ``adam_step`` number is stored instead.
+        """
+        from megatron.core.dist_checkpointing.optimizer import (
+            get_param_id_to_sharded_param_map,
+            optim_state_to_sharding_state,
+        )
+
+        state = self.opt.state_dict()
+        steps = {float(st["step"]) for st in state["state"].values() if "step" in st}
+        if len(steps) > 1:
+            raise RuntimeError(f"AdamW parameters are at different steps {sorted(steps)}")
+        for i, p in enumerate(self.params):  # a template for a fresh optimizer (loading)
+            state["state"].setdefault(
+                i, {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            )
+        id_map = get_param_id_to_sharded_param_map(model_sharded, self.params)
+        optim_state_to_sharding_state(state, id_map, exclude_keys=("step",))
+        state["adam_step"] = steps.pop() if steps else 0.0
+        return state
+
+    def load_sharded_state_dict(self, loaded: dict[str, Any]) -> None:
+        loaded = dict(loaded)
+        step = loaded.pop("adam_step")
+        for st in loaded["state"].values():
+            st["step"] = torch.tensor(step, dtype=torch.float32)
+        self.opt.load_state_dict(loaded)
+
 
 class MegatronOptimizer:
     """Megatron DDP + distributed optimizer (CUDA only)."""
@@ -123,6 +154,13 @@ class MegatronOptimizer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state)
+
+    def sharded_state_dict(self, model_sharded: dict, is_loading: bool = False) -> dict[str, Any]:
+        """The distributed optimizer's state, sharded over DP (Megatron's torch_dist layout)."""
+        return self.opt.sharded_state_dict(model_sharded, is_loading=is_loading)
+
+    def load_sharded_state_dict(self, loaded: dict[str, Any]) -> None:
+        self.opt.load_state_dict(loaded)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig):

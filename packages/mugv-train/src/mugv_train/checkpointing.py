@@ -14,8 +14,10 @@ Layout (``<output_dir>/checkpoints``)::
 Atomicity: every rank writes into ``step_XXXXXXXX.partial/``; after a barrier rank 0 renames
 it to ``step_XXXXXXXX`` and then rewrites ``latest``. A crash or a full disk during a save
 leaves a ``.partial`` folder that is ignored and removed later: the last good checkpoint is
-never touched. This per-rank torch format is the CPU equivalent of Megatron's torch_dist
-(the Megatron converter in :mod:`mugv_train.parallel` stacks layers for that layout).
+never touched. Two formats share this layout and its atomicity: ``torch_dist`` (:func:`save_torch_dist`,
+Megatron ``dist_checkpointing``: ``step_X/dist/`` with the layers stacked, reshardable to
+any TP / PP layout, optionally written asynchronously on GPU) and ``cpu`` (the per-rank
+torch files above, for the CPU/gloo runs: Megatron's torch_dist writer needs CUDA).
 """
 
 from __future__ import annotations
@@ -93,18 +95,17 @@ def save_checkpoint(
             atomic_torch_save(trainer_state, partial / f"trainer_dp{dp_rank}.pt")
     except OSError as exc:
         error = exc
-    failed = torch.tensor([1 if error else 0])
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(failed)
-    if failed.item():
-        if rank == 0:
-            shutil.rmtree(partial, ignore_errors=True)
-        _barrier()
-        raise CheckpointError(
-            f"saving the step-{step} checkpoint failed ({error or 'on another rank'}); the last "
-            f"complete checkpoint in {root} is intact. Free disk space and resume."
-        ) from error
+    _fail(root, step, error)
     _barrier()
+    _commit(root, step, meta, keep_last)
+    return final
+
+
+def _commit(root: Path, step: int, meta: dict[str, Any], keep_last: int) -> None:
+    """Rank 0 turns the complete ``.partial`` folder into the newest checkpoint (collective)."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    final = root / _step_name(step)
+    partial = root / (_step_name(step) + ".partial")
     if rank == 0:
         atomic_write_text(
             partial / "meta.json",
@@ -122,9 +123,88 @@ def save_checkpoint(
             for old in done[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         for stale in root.glob("step_*.partial"):
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale != partial:
+                shutil.rmtree(stale, ignore_errors=True)
     _barrier()
-    return final
+
+
+def _fail(root: Path, step: int, error: BaseException | None) -> None:
+    """Collectively agree on a failed save; remove its partial folder and raise."""
+    failed = torch.tensor([1 if error else 0])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            failed = failed.cuda()
+        dist.all_reduce(failed)
+    if not failed.item():
+        return
+    if (dist.get_rank() if dist.is_initialized() else 0) == 0:
+        shutil.rmtree(root / (_step_name(step) + ".partial"), ignore_errors=True)
+    _barrier()
+    raise CheckpointError(
+        f"saving the step-{step} checkpoint failed ({error or 'on another rank'}); the last "
+        f"complete checkpoint in {root} is intact. Free disk space and resume."
+    ) from error
+
+
+def save_torch_dist(
+    root: Path,
+    step: int,
+    *,
+    sharded_state: dict[str, Any],
+    trainer_state: dict[str, Any],
+    meta: dict[str, Any],
+    tp_rank: int,
+    pp_rank: int,
+    cp_rank: int,
+    dp_rank: int,
+    keep_last: int = 0,
+    async_queue: Any = None,
+) -> Path:
+    """Write a Megatron ``dist_checkpointing`` (torch_dist) checkpoint collectively.
+
+    ``sharded_state`` holds ``model`` and ``optimizer`` sharded state dicts; they go to
+    ``step_X/dist/`` (``.distcp`` shards + ``metadata.json``: loadable under any TP / PP
+    layout), the per-DP trainer state next to it. With ``async_queue`` (a Megatron
+    ``AsyncCallsQueue``, GPU) the shards are written in the background and the folder is
+    committed (renamed, ``latest`` updated) when the queue finalises the request; the last
+    good checkpoint stays the newest complete one until then.
+    """
+    from megatron.core import dist_checkpointing
+
+    root = Path(root)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    partial = root / (_step_name(step) + ".partial")
+    error: BaseException | None = None
+    request = None
+    try:
+        if rank == 0:
+            if partial.exists():
+                shutil.rmtree(partial)
+            (partial / "dist").mkdir(parents=True)
+        _barrier()
+        request = dist_checkpointing.save(
+            sharded_state, str(partial / "dist"), async_sharded_save=async_queue is not None
+        )
+        if tp_rank == 0 and pp_rank == 0 and cp_rank == 0:
+            atomic_torch_save(trainer_state, partial / f"trainer_dp{dp_rank}.pt")
+    except Exception as exc:  # OSError or Megatron's CheckpointingException wrapping it
+        error = exc
+    _fail(root, step, error)
+    meta = {**meta, "format": "torch_dist"}
+    if request is not None:
+        request.add_finalize_fn(lambda: _commit(root, step, meta, keep_last))
+        async_queue.schedule_async_request(request)
+    else:
+        _barrier()
+        _commit(root, step, meta, keep_last)
+    return root / _step_name(step)
+
+
+def load_torch_dist(path: Path, sharded_template: dict[str, Any]) -> dict[str, Any]:
+    """Load ``step_X/dist`` into the layout of ``sharded_template`` (works on CPU)."""
+    from megatron.core import dist_checkpointing
+
+    return dist_checkpointing.load(sharded_template, str(Path(path) / "dist"))
 
 
 def load_checkpoint(
@@ -141,7 +221,10 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}"
         )
+    reshardable = ("tensor_parallel", "pipeline_parallel", "context_parallel")
     for key, value in expect.items():
+        if meta.get("format") == "torch_dist" and key in reshardable:
+            continue  # torch_dist loads under any model-parallel layout
         if meta.get(key) != value:
             raise CheckpointError(
                 f"checkpoint {path} does not fit this run: {key} is {meta.get(key)!r} there and "
@@ -152,6 +235,8 @@ def load_checkpoint(
         raise CheckpointError(
             f"{trainer} is missing: the checkpoint was written with a different DP size"
         )
+    if meta.get("format") == "torch_dist":  # model/optimizer: load_torch_dist(path, ...)
+        return {"meta": meta, "trainer": torch.load(trainer, weights_only=False)}
     return {
         "meta": meta,
         "model": torch.load(path / f"model_tp{tp_rank}_pp{pp_rank}.pt", weights_only=False),

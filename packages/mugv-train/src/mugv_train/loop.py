@@ -22,7 +22,13 @@ import torch
 import torch.distributed as dist
 
 from mugv_train._optim import build_optimizer
-from mugv_train.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from mugv_train.checkpointing import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_torch_dist,
+    save_checkpoint,
+    save_torch_dist,
+)
 from mugv_train.config import TrainConfig
 from mugv_train.data_loading import Batch, Prefetcher, ShardStream, open_shard_roots
 from mugv_train.ema import OnlineEMA
@@ -317,6 +323,28 @@ def train(config: TrainConfig) -> TrainResult:
 
         add_lora(model, config.lora)
     opt = build_optimizer(model, config)
+    fmt = config.checkpoint.format
+    if fmt == "auto":
+        fmt = "torch_dist" if device.type == "cuda" and config.lora is None else "cpu"
+    if fmt == "torch_dist" and config.lora is not None and config.parallel.tensor_parallel > 1:
+        raise ValueError(
+            "LoRA adapters are not described for torch_dist resharding; use "
+            "checkpoint.format=cpu with LoRA and tensor_parallel > 1"
+        )
+    async_queue = None
+    if fmt == "torch_dist" and config.checkpoint.async_save:
+        if device.type != "cuda":
+            raise ValueError(
+                "checkpoint.async_save needs CUDA (Megatron's async writer); set it to false on CPU"
+            )
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        async_queue = AsyncCallsQueue()
+
+    def sharded_state(is_loading: bool = False) -> dict[str, Any]:
+        model_sd = model.sharded_state_dict()
+        return {"model": model_sd, "optimizer": opt.sharded_state_dict(model_sd, is_loading)}
+
     ema = OnlineEMA(model, config.ema.decay, config.ema.interval) if config.ema else None
 
     stream = ShardStream(
@@ -344,8 +372,13 @@ def train(config: TrainConfig) -> TrainResult:
     latest = latest_checkpoint(ckpt_root) if config.checkpoint.resume else None
     if latest is not None:
         ck = load_checkpoint(latest, tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, expect=meta)
-        model.load_state_dict(ck["model"], strict=False)
-        opt.load_state_dict(ck["optim"])
+        if ck["meta"].get("format") == "torch_dist":
+            loaded = load_torch_dist(latest, sharded_state(is_loading=True))
+            model.load_state_dict(loaded["model"], strict=False)
+            opt.load_sharded_state_dict(loaded["optimizer"])
+        else:
+            model.load_state_dict(ck["model"], strict=False)
+            opt.load_state_dict(ck["optim"])
         tr = ck["trainer"]
         start, history = tr["step"], tr["history"]
         skipped_nonfinite, skipped_corrupt = tr["skipped_nonfinite"], tr["skipped_corrupt"]
@@ -362,15 +395,24 @@ def train(config: TrainConfig) -> TrainResult:
     t_last, samples_acc, tokens_acc, flops_acc = time.perf_counter(), 0, 0, 0.0
 
     def checkpoint(step: int) -> None:
+        trainer_state = {
+            "step": step, "history": history, "data": data_state,
+            "skipped_nonfinite": skipped_nonfinite, "skipped_corrupt": skipped_corrupt,
+            "rng_cpu": torch.get_rng_state(), "ema": ema.state_dict() if ema else None,
+        }  # fmt: skip
+        if fmt == "torch_dist":
+            save_torch_dist(
+                ckpt_root, step, sharded_state=sharded_state(), trainer_state=trainer_state,
+                meta={**meta, "name": config.name}, tp_rank=tp_rank, pp_rank=pp_rank,
+                cp_rank=cp_rank, dp_rank=dp_rank, keep_last=config.checkpoint.keep_last,
+                async_queue=async_queue,
+            )  # fmt: skip
+            return
         save_checkpoint(
             ckpt_root, step,
             model_state={k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")},
             optim_state=opt.state_dict(),
-            trainer_state={
-                "step": step, "history": history, "data": data_state,
-                "skipped_nonfinite": skipped_nonfinite, "skipped_corrupt": skipped_corrupt,
-                "rng_cpu": torch.get_rng_state(), "ema": ema.state_dict() if ema else None,
-            },
+            trainer_state=trainer_state,
             meta={**meta, "name": config.name}, tp_rank=tp_rank, pp_rank=pp_rank,
             cp_rank=cp_rank, dp_rank=dp_rank,
             keep_last=config.checkpoint.keep_last,
@@ -380,6 +422,8 @@ def train(config: TrainConfig) -> TrainResult:
     model.train()
     try:
         for step in range(start, config.train_steps):
+            if async_queue is not None:  # commit background saves that have finished
+                async_queue.maybe_finalize_async_calls(blocking=False)
             batch = next(batches)
             data_state = batch.state
             skipped_corrupt += batch.skipped
@@ -444,6 +488,9 @@ def train(config: TrainConfig) -> TrainResult:
                 t_last, samples_acc, tokens_acc, flops_acc = now, 0, 0, 0.0
             if (step + 1) % config.checkpoint.save_every == 0 or step + 1 == config.train_steps:
                 checkpoint(step + 1)
+        if async_queue is not None:
+            async_queue.maybe_finalize_async_calls(blocking=True)
+            async_queue.close()
     finally:
         log.close()
 

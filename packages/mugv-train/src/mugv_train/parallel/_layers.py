@@ -430,6 +430,25 @@ class MUGDiTBlockStack(MegatronModule):
             ]
         )
 
+    def sharded_state_dict(
+        self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None
+    ) -> dict:
+        """Megatron ``dist_checkpointing`` view: the layers are stacked (§G.6): the entry of
+        local layer i is the slice at global layer ``layer_offset + i`` of the tensor
+        ``{prefix}layers.<name>`` of leading size ``num_layers``, whatever the PP layout."""
+        from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding
+
+        out: dict = {}
+        layer_prefix = f"{prefix}layers."
+        for i, layer in enumerate(self.layers):
+            local = f"{layer_prefix}{i}."
+            offsets = (*sharded_offsets, (len(sharded_offsets), layer.layer_number - 1,
+                                          self.config.num_layers))  # fmt: skip
+            sd = layer.sharded_state_dict(prefix=local, sharded_offsets=offsets, metadata=metadata)
+            replace_prefix_for_sharding(sd, local, layer_prefix)
+            out.update(sd)
+        return out
+
     def forward(self, x: torch.Tensor, *args: Any) -> torch.Tensor:
         recompute = self.config.recompute_granularity == "full" and self.training
         for layer in self.layers:

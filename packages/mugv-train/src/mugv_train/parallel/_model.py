@@ -229,6 +229,29 @@ class MegatronMUGDiT(MegatronModule):
         if self.post_process:
             self.final_layer = _FinalLayer(d, model.patch_volume * model.out_channels)
 
+    def sharded_state_dict(
+        self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None
+    ) -> dict:
+        """Megatron ``dist_checkpointing`` (torch_dist) view of this rank's parameters.
+
+        Keys are the Megatron names with the layers stacked (``decoder.layers.<name>`` of
+        leading size ``depth``); TP-split linears carry their TP axis. The conditioning
+        embedders exist on every pipeline stage: their replica id carries the stage so
+        that exactly one rank (stage 0, TP 0, DP 0) writes them (reference §G.2).
+        """
+        from megatron.core import parallel_state as ps
+
+        sd = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        pp_rank = ps.get_pipeline_model_parallel_rank()
+        if pp_rank:
+            shared = tuple(f"{prefix}{name}" for name in _SHARED)
+            for key, value in sd.items():
+                if key.startswith(shared) and hasattr(value, "replica_id"):
+                    rid = value.replica_id
+                    rid = (rid,) if isinstance(rid, int) else tuple(rid)
+                    value.replica_id = (pp_rank, *rid[1:]) if rid and rid[0] == 0 else rid
+        return sd
+
     def set_input_tensor(self, input_tensor: torch.Tensor | None) -> None:
         """The hidden state received from the previous pipeline stage (not the first)."""
         self.input_tensor = input_tensor
@@ -362,6 +385,7 @@ class MegatronMUGDiT(MegatronModule):
         return out[:, :, :t, :hgt, :wid]
 
 
+_SHARED = ("timestep_embedder.", "fps_embedder.", "timestep_block.", "context_embedder.")
 _STAGE_KEYS = ("x_embedder.", "start_token", "end_token", "final_layer.")
 
 
