@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from PIL import Image
 
 import mugv_dit
@@ -22,10 +24,12 @@ from mugv_infer import (
     CFGZeroStar,
     MUGVPipeline,
     OfficialQuirks,
+    cfg_parallel,
     extension_conditioning,
     init_parallel,
     psnr,
     read_mp4,
+    ulysses_attention,
 )
 from mugv_testing import assert_close, build_hf_cache, offline_hf_cache, run_distributed
 
@@ -289,8 +293,27 @@ class _FixedText:
         return torch.stack(embs), torch.stack(masks)
 
 
-def _parallel_worker(rank, world, snapshot, table, kwargs):
+def _primitives(rank, world, q, k, v, x, t, m):
+    """Ulysses attention (even and padded shards) and the CFG split on their own."""
+    chunk = q.shape[1] // world
+    sl = slice(rank * chunk, (rank + 1) * chunk)
+    even = ulysses_attention(q[:, sl], k[:, sl], v[:, sl], dist.group.WORLD)
+    # Uneven shards: rank 0 holds 5 real tokens, rank 1 holds 3 real + 2 padding tokens.
+    real = [q[:, :5], q[:, 5:8]], [k[:, :5], k[:, 5:8]], [v[:, :5], v[:, 5:8]]
+    pad = [
+        torch.cat([r[rank], r[rank][:, :1].expand(-1, 5 - r[rank].shape[1], -1, -1)], 1)
+        for r in real
+    ]
+    uneven = ulysses_attention(*pad, dist.group.WORLD, seq_lens=[5, 3])
+    den = cfg_parallel(lambda x, t, m: x * t.view(-1, 1) + m.float(), dist.group.WORLD)
+    return even.numpy(), uneven.numpy(), den(x, t, m).numpy()
+
+
+def _parallel_worker(rank, world, snapshot, table, kwargs, prim_args):
+    """One spawn for everything parallel: process start-up dominates the test's time.
+    Tensors would travel through shared memory of an exiting process: results are numpy."""
     torch.set_num_threads(1)
+    prims = _primitives(rank, world, *prim_args)
     # Components built on the CPU and filled from the same files: the meta-device path of
     # from_official costs ~15 s of lazy torch imports in every fresh process.
     dit = mugv_dit.MUGDiT(mugv_dit.DiTConfig.preset("debug", text_dim=384))
@@ -303,7 +326,12 @@ def _parallel_worker(rank, world, snapshot, table, kwargs):
         pipe.enable_parallel(init_parallel(cfg_degree=cfg, sp_degree=sp))
         out = _generate(pipe, output_type="latent", **kwargs)
         results[name] = out.latents.numpy()
-    return results
+    return prims, results
+
+
+def _sdpa(q, k, v):  # reference attention on the full sequence, [B, L, N, K] layout
+    out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)))
+    return out.transpose(1, 2)
 
 
 @pytest.mark.distributed
@@ -313,9 +341,21 @@ def test_sequence_and_cfg_parallel_equal_single_process(pipe, hub):
     emb, mask = pipe.text_encoder([prompt, OFFICIAL_NEGATIVE_PROMPT])
     table = {prompt: (emb[0], mask[0]), OFFICIAL_NEGATIVE_PROMPT: (emb[1], mask[1])}
     kwargs = {"image": np.asarray(_image())}
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 10, 4, 6, generator=g) for _ in range(3))  # [B, L, N, K]
+    x, t, m = torch.randn(4, 3), torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.ones(4, 3, dtype=bool)
     single = _generate(pipe, output_type="latent", **kwargs).latents
-    outs = run_distributed(_parallel_worker, 2, args=(snapshot, table, kwargs), timeout=300)
-    for rank, res in enumerate(outs):
+    outs = run_distributed(
+        _parallel_worker, 2, args=(snapshot, table, kwargs, (q, k, v, x, t, m)), timeout=300
+    )
+    prims = [o[0] for o in outs]
+    even = torch.cat([torch.from_numpy(p[0]) for p in prims], dim=1)
+    assert_close(even, _sdpa(q, k, v), name="ulysses")
+    uneven = torch.cat([torch.from_numpy(prims[0][1]), torch.from_numpy(prims[1][1])[:, :3]], 1)
+    assert_close(uneven, _sdpa(q[:, :8], k[:, :8], v[:, :8]), name="ulysses uneven")
+    for p in prims:
+        assert_close(torch.from_numpy(p[2]), x * t.view(-1, 1) + 1, name="cfg parallel")
+    for rank, (_, res) in enumerate(outs):
         for name, latents in res.items():
             # SP changes the attention's summation order: float32 round-off only.
             assert_close(
@@ -433,3 +473,63 @@ def test_long_prompt_warns_about_truncation(pipe):
         pipe(long, duration=FRAMES, height=H, width=W, steps=1, progress=False,
              output_type="latent")  # fmt: skip
     assert any("truncated" in str(w.message) for w in seen)
+
+
+# ------------------------------------------------------------- the default official path
+
+
+def _tiny_t5_files(tmp_path) -> dict[str, bytes]:
+    """A tiny random T5 encoder and a word-level tokenizer with T5's special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    words = [
+        "a",
+        "red",
+        "fox",
+        "runs",
+        "through",
+        "snow",
+        "aesthetic",
+        "score:",
+        "6.0.",
+        "ugly,",
+        "blurry,",
+    ]
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(vocab), d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                      num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)  # fmt: skip
+    folder = tmp_path / "t5"
+    T5EncoderModel(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_default_official_path_fully_offline(tmp_path):
+    """from_pretrained() with every default (MUG-V/MUG-V-inference + DeepFloyd/t5-v1_1-xxl)
+    resolves from the local cache in offline mode and generates."""
+    cache = tmp_path / "hf"
+    torch.manual_seed(0)
+    dit = mugv_dit.MUGDiT(mugv_dit.DiTConfig.preset("debug", text_dim=16))
+    vae = mugv_vae.VideoVAE(mugv_vae.VAEConfig.preset("debug"))
+    build_hf_cache(cache, REPO, {"dit.pt": _state_bytes(dit), "vae.pt": _state_bytes(vae)})
+    build_hf_cache(cache, "DeepFloyd/t5-v1_1-xxl", _tiny_t5_files(tmp_path))
+    with offline_hf_cache(cache):
+        pipe = MUGVPipeline.from_pretrained(vae_config=mugv_vae.VAEConfig.preset("debug"))
+    assert isinstance(pipe.text_encoder, mugv_dit.TextEncoder)
+    assert pipe.text_encoder.dim == 16 and pipe.text_encoder.max_length == 300
+    emb, mask = pipe.encode_prompt(["a red fox"], OFFICIAL_NEGATIVE_PROMPT)
+    # "a red fox aesthetic score: 6.0." + EOS = 7 tokens; the negative's words mostly <unk>.
+    assert emb.shape == (2, 300, 16) and mask[0].sum() == 7
+    out = pipe("a red fox", duration=9, height=32, width=32, steps=2, progress=False,
+               output_type="np")  # fmt: skip
+    assert out.videos.shape == (1, 9, 32, 32, 3)

@@ -1,11 +1,10 @@
-"""Step cache, CPU offload and the parallel primitives (CFG and Ulysses)."""
+"""Step cache and CPU offload (the parallel primitives are tested in test_pipeline.py,
+in the same spawned processes as the parallel pipeline: process start-up dominates)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from mugv_infer import (
@@ -13,11 +12,8 @@ from mugv_infer import (
     ComponentOffload,
     FlowEulerSampler,
     StepCache,
-    cfg_parallel,
     enable_block_offload,
-    ulysses_attention,
 )
-from mugv_testing import assert_close, run_distributed
 
 
 def _smooth_denoiser(calls):
@@ -99,41 +95,3 @@ def test_component_offload_one_component_on_device():
     assert not off.is_on_device(a)
     with pytest.raises(ValueError, match="add"), off.on_device(nn.Linear(1, 1)):
         pass
-
-
-def _parallel_worker(rank, world, q, k, v, x, t, m):
-    """One spawn for every primitive: process start-up dominates the test's time."""
-    chunk = q.shape[1] // world
-    sl = slice(rank * chunk, (rank + 1) * chunk)
-    even = ulysses_attention(q[:, sl], k[:, sl], v[:, sl], dist.group.WORLD)
-    # Uneven shards: rank 0 holds 5 real tokens, rank 1 holds 3 real + 2 padding tokens.
-    real = [q[:, :5], q[:, 5:8]], [k[:, :5], k[:, 5:8]], [v[:, :5], v[:, 5:8]]
-    pad = [
-        torch.cat([r[rank], r[rank][:, :1].expand(-1, 5 - r[rank].shape[1], -1, -1)], 1)
-        for r in real
-    ]
-    uneven = ulysses_attention(*pad, dist.group.WORLD, seq_lens=[5, 3])
-    den = cfg_parallel(lambda x, t, m: x * t.view(-1, 1) + m.float(), dist.group.WORLD)
-    # Tensors would travel through shared memory of an exiting process: send numpy.
-    return even.numpy(), uneven.numpy(), den(x, t, m).numpy()
-
-
-@pytest.mark.distributed
-def test_ulysses_and_cfg_parallel_equal_single_process():
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 10, 4, 6, generator=g) for _ in range(3))  # [B, L, N, K]
-    x, t, m = torch.randn(4, 3), torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.ones(4, 3, dtype=bool)
-    outs = run_distributed(_parallel_worker, 2, args=(q, k, v, x, t, m))
-
-    def sdpa(q, k, v):  # reference on the full sequence, [B, L, N, K] layout
-        return F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(
-            1, 2
-        )
-
-    even = torch.cat([torch.from_numpy(o[0]) for o in outs], dim=1)
-    assert_close(even, sdpa(q, k, v), name="ulysses")
-    uneven = torch.cat([torch.from_numpy(outs[0][1]), torch.from_numpy(outs[1][1])[:, :3]], 1)
-    ref8 = sdpa(q[:, :8], k[:, :8], v[:, :8])
-    assert_close(uneven, ref8, name="ulysses uneven")
-    for out in outs:
-        assert_close(torch.from_numpy(out[2]), x * t.view(-1, 1) + 1, name="cfg parallel")
