@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -60,24 +61,26 @@ def naive_decode(model, latents: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, n, *x.shape[1:]).transpose(1, 2)
 
 
-def run_one(spec: dict) -> dict:
-    """Runs in a fresh process: build the model, run one op, report peak memory and time."""
+def _build(preset: str, device: str):
     from mugv_vae import VAEConfig, VideoVAE
 
-    torch.manual_seed(0)
-    overrides = {"micro_batch_size": spec["micro_batch"]}
-    if spec["variant"] == "tiled":
-        overrides.update(tile_latent_size=spec["tile"], tile_latent_overlap=spec["overlap"])
-    config = VAEConfig.preset(spec["preset"], **overrides)
     with torch.device("meta"):
-        model = VideoVAE(config)
-    model = model.to_empty(device=spec["device"])
+        model = VideoVAE(VAEConfig.preset(preset))
+    model = model.to_empty(device=device)
     with torch.no_grad():
         for p in model.parameters():  # values do not change conv speed or memory
             p.zero_()
         model.scale.fill_(1.0)
         model.shift.zero_()
-    model.eval()
+    return model.eval()
+
+
+def run_one(model, spec: dict) -> dict:
+    """One measurement: set the run-time fields, run one op, report peak memory and time."""
+    overrides: dict = {"micro_batch_size": spec["micro_batch"], "tile_latent_size": None}
+    if spec["variant"] == "tiled":
+        overrides.update(tile_latent_size=spec["tile"], tile_latent_overlap=spec["overlap"])
+    model.config = model.config.replace(**overrides)  # run-time fields only
     n, h, w = spec["frames"], spec["height"], spec["width"]
     dev = spec["device"]
     if spec["op"] == "encode":
@@ -104,24 +107,30 @@ def run_one(spec: dict) -> dict:
     else:
         peak = _rss_kib("VmHWM") * 1024
     seconds = time.perf_counter() - t0
-    return {
+    result = {
         **spec,
         "peak_mib": (peak - base) / 2**20,
         "out_mib": out.numel() * out.element_size() / 2**20,
         "seconds": seconds,
     }
+    del out, x
+    return result
 
 
-def _spawn(spec: dict) -> dict:
+def _spawn(specs: list[dict]) -> list[dict]:
+    """All specs in one fresh process (one model build); large blocks go straight back to the
+    OS (mmap threshold) so each row's high-water mark starts from a clean baseline."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     proc = subprocess.run(
-        [sys.executable, __file__, "--one", json.dumps(spec)],
+        [sys.executable, __file__, "--one", json.dumps(specs)],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     if proc.returncode:
-        return {**spec, "error": proc.stderr.strip().splitlines()[-1]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(proc.stderr[-2000:])
+    return [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
 
 
 def arithmetic_720p() -> str:
@@ -164,7 +173,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="debug preset, tiny sizes")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(json.loads(args.one))))
+        specs = json.loads(args.one)
+        model = _build(specs[0]["preset"], specs[0]["device"])
+        for spec in specs:
+            print(json.dumps(run_one(model, spec)), flush=True)
         return
     preset = "debug" if args.quick else "mugv"
     div = 16
@@ -175,16 +187,18 @@ def main() -> None:
             for variant in ("naive", "untiled", "tiled"):
                 spec = dict(preset=preset, device="cpu", size=name, height=h, width=w, frames=9,
                             op=op, variant=variant, micro_batch=4, tile=4, overlap=2)  # fmt: skip
-                rows.append(_spawn(spec))
-                print(rows[-1], flush=True)
+                rows.append(spec)
     sweep = []
     for frames in (9, 33, 65):
         for variant in ("naive", "untiled"):
             spec = dict(preset=preset, device="cpu", size="256p", height=16, width=16,
                         frames=frames, op="decode", variant=variant, micro_batch=4, tile=4,
                         overlap=2)  # fmt: skip
-            sweep.append(_spawn(spec))
-            print(sweep[-1], flush=True)
+            sweep.append(spec)
+    done = _spawn(rows + sweep)
+    rows, sweep = done[: len(rows)], done[len(rows) :]
+    for r in done:
+        print(r, flush=True)
 
     def fmt(r: dict) -> str:
         if "error" in r:
@@ -197,7 +211,7 @@ def main() -> None:
     body = [
         f"Model: `{preset}` topology, zero-filled weights, fp32, CPU. Frame sizes are the named "
         "shapes divided by 16 (floored to multiples of 8). Peak = resident-memory high-water "
-        "mark during the call minus resident memory before it (fresh process per row). "
+        "mark during the call minus resident memory before it (one process, weights built once). "
         "naive = whole clip through each stage at once; untiled = official chunking "
         "(micro-batch 4 frames, decode window 6); tiled = untiled + spatial tiles of 4 latents "
         "with overlap 2.",

@@ -151,13 +151,22 @@ class VAETrainer:
             if c.sdxl_trunk:
                 model.load_diffusers_trunk(c.sdxl_trunk)
         self.model = model.to(self.device).train()
-        self.model.logvar.requires_grad_(False)  # unused by the loss; DDP needs used params only
+        # parameters the forward never uses (kept for the official layout): frozen, so DDP
+        # sees only parameters that receive gradients
+        trunk = self.model.spatial_vae.module
+        for unused in (
+            self.model.logvar,
+            *trunk.encoder.conv_norm_out.parameters(),
+            *trunk.encoder.conv_out.parameters(),
+            *trunk.decoder.conv_in.parameters(),
+        ):
+            unused.requires_grad_(False)
         self.ddp: torch.nn.Module = self.model
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        params = [p for n, p in self.model.named_parameters() if n != "logvar"]
+        params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
         lpips = (
             LPIPS.from_file(c.lpips_path, c.lpips_widths).to(self.device) if c.lpips_path else None
