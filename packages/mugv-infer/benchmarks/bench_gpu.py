@@ -56,8 +56,9 @@ def build(mode: str, preset: str, attention: str) -> MUGVPipeline:
     with torch.device("meta"):
         dit = mugv_dit.MUGDiT(mugv_dit.DiTConfig.preset(preset, attention_backend=attention))
         vae = mugv_vae.VideoVAE(mugv_vae.VAEConfig.preset("mugv"))
-    dit = _random(dit, home).to(torch.bfloat16).eval()
-    vae = _random(vae, home).to(torch.bfloat16).eval()
+    # bf16 on the meta device first: 10b never exists in float32 (43 GB) anywhere.
+    dit = _random(dit.to(torch.bfloat16), home).eval()
+    vae = _random(vae.to(torch.bfloat16), home).eval()
     vae.scale.fill_(1.0)
     vae.shift.zero_()
     pipe = MUGVPipeline(dit, vae, RandomT5(), device="cuda", quirks=OfficialQuirks())

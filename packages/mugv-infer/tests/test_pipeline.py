@@ -199,7 +199,18 @@ def test_components_offload_and_saved_pipeline_agree(pipe, tmp_path):
     again = MUGVPipeline(**pipe.components, quirks=OfficialQuirks.official())
     assert torch.equal(_generate(again, output_type="latent").latents, ref)
     again.enable_model_offload()
-    assert torch.equal(_generate(again, output_type="latent").latents, ref)
+    seen = []
+    handles = [
+        m.register_forward_pre_hook(lambda m, a: seen.append(again._offload.is_on_device(m)))
+        for m in (again.text_encoder.model, again.dit)
+    ]
+    try:
+        assert torch.equal(_generate(again, output_type="latent").latents, ref)
+    finally:
+        for h in handles:
+            h.remove()
+    # Each component ran while it was the one on the device: text once, then DiT per step.
+    assert seen == [True] * (1 + STEPS)
     blocks = MUGVPipeline(**pipe.components, quirks=OfficialQuirks.official())
     blocks.enable_block_offload(prefetch=1)
     assert torch.equal(_generate(blocks, output_type="latent").latents, ref)

@@ -246,8 +246,9 @@ class MUGVPipeline:
         """DiT blocks streamed to the device one at a time (``1 + prefetch`` resident); the
         text encoder and VAE are offloaded whole."""
         self._offload = ComponentOffload(self.device)
-        self._offload.add(_text_module(self.text_encoder))
-        self._offload.add(self.vae)
+        for module in self._managed_modules():
+            if module is not self.dit:
+                self._offload.add(module)
         self._block_offload = BlockOffload(
             self.dit, list(self.dit.blocks), self.device, prefetch=prefetch
         )
@@ -289,20 +290,23 @@ class MUGVPipeline:
         return self
 
     def _managed_modules(self) -> list[torch.nn.Module]:
-        return [_text_module(self.text_encoder), self.dit, self.vae]
+        text = _text_module(self.text_encoder)
+        return [m for m in (text, self.dit, self.vae) if m is not None]
 
-    def _on_device(self, module: torch.nn.Module):
+    def _on_device(self, component: Any):
+        """Offload context for a component (the text encoder object, the DiT or the VAE)."""
         import contextlib
 
-        if self._offload is None or not any(module is m for m in self._offload_modules()):
-            return contextlib.nullcontext(module)
+        module = _text_module(component) if component is self.text_encoder else component
+        if module is None or not any(module is m for m in self._offload_modules()):
+            return contextlib.nullcontext(component)
         return self._offload.on_device(module)
 
     def _offload_modules(self) -> list[torch.nn.Module]:
         if self._offload is None:
             return []
         if self._block_offload is not None:
-            return [_text_module(self.text_encoder), self.vae]
+            return [m for m in self._managed_modules() if m is not self.dit]
         return self._managed_modules()
 
     # ------------------------------------------------------------------ stages
@@ -647,15 +651,11 @@ def _module_device(module: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _text_module(encoder: Any) -> torch.nn.Module:
-    """The nn.Module holding a text encoder's weights (``TextEncoder.model`` or itself)."""
+def _text_module(encoder: Any) -> torch.nn.Module | None:
+    """The nn.Module holding a text encoder's weights (``TextEncoder.model`` or the encoder
+    itself); None for a weightless callable (e.g. precomputed embeddings), never offloaded."""
     model = getattr(encoder, "model", encoder)
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(
-            "offload needs the text encoder's weights: give an nn.Module or an object with "
-            "a `.model` nn.Module (like mugv_dit.TextEncoder)"
-        )
-    return model
+    return model if isinstance(model, torch.nn.Module) else None
 
 
 def _output_paths(
