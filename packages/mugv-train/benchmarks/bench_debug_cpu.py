@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +52,7 @@ def main() -> None:
         f"| CPU steps/s | {args.steps / dt:.2f} |\n"
         f"| CPU tokens/s | {args.steps * tokens / dt:.0f} |\n"
         f"| threads | {torch.get_num_threads()} |\n"
+        f"| machine load (1-min average, shared cores) | {os.getloadavg()[0]:.1f} |\n"
         f"| loss first -> last | {result.losses[0]:.3f} -> {result.losses[-1]:.3f} |\n"
         "| GPU MFU / memory (10b-width blocks, 360p / 720p) | not measured on GPU "
         "(script: `packages/mugv-train/benchmarks/bench_blocks_gpu.py`) |\n"

@@ -113,8 +113,9 @@ def test_lora_trains_only_the_adapters(megatron_tp1, tmp_path):
 @pytest.mark.distributed
 @pytest.mark.timeout(300)
 def test_cli_under_torchrun_pipeline_parallel_matches_one_process(megatron_tp1, tmp_path):
-    """`torchrun --nproc-per-node 2 -m mugv_train.cli` with PP = 2 (gloo): the losses equal
-    the single-process run's, so every stage drew the same tasks, timesteps and noise."""
+    """`torchrun --nproc-per-node 2 -m mugv_train.cli` with PP = 2 (gloo) and two
+    micro-batches per step: the losses equal the single-process run's, so every stage drew
+    the same tasks, timesteps and noise and the schedule accumulated the right gradients."""
     from mugv_train import apply_overrides, train
     from mugv_train.recipes import debug
 
@@ -124,6 +125,7 @@ def test_cli_under_torchrun_pipeline_parallel_matches_one_process(megatron_tp1, 
         "train_steps=4", "model.hidden_size=48", "model.num_heads=2", "model.depth=2",
         "model.in_channels=4", "model.text_dim=16", "data.null_text_tokens=8",
         "log.tensorboard=false", "log.progress=false", "checkpoint.save_every=2",
+        "data.microbatches=2",  # two micro-batches in flight in the pipeline schedule
     ]  # fmt: skip
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun is installed with torch"

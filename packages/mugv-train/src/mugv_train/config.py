@@ -85,6 +85,9 @@ class DataConfig:
     """Root folder of mugv-data shards (a path; several roots separated by ',')."""
     batch_size: int = 1
     """Samples per micro-batch on one DP rank (same bucket within a batch)."""
+    microbatches: int = 1
+    """Micro-batches per step and DP rank: gradient accumulation, and the number of
+    micro-batches in flight in the pipeline schedule (bubble (PP-1)/(m+PP-1))."""
     max_tokens: int = 0
     """If > 0: cap on video tokens per micro-batch; batches are shrunk to fit (token balance)."""
     image_share: tuple[float, float] = (0.0, 0.0)
@@ -97,6 +100,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.microbatches < 1:
+            raise ValueError(f"microbatches must be >= 1, got {self.microbatches}")
         a, b = self.image_share
         if not (0 <= a <= 1 and 0 <= b <= 1):
             raise ValueError(f"image_share values must be in [0, 1], got {self.image_share}")

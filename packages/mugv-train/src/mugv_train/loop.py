@@ -163,9 +163,21 @@ class _Logger:
             self.wandb.finish()
 
 
-def _prepare(batch: Batch, config: TrainConfig, step: int, dp_rank: int, null_text: torch.Tensor):
-    """Tasks, masks, timesteps, noise and the noisy input for one batch (seeded per step)."""
-    g = torch.Generator().manual_seed(hash((config.seed, step, dp_rank)) % 2**63)
+def _prepare(
+    batch: Batch,
+    config: TrainConfig,
+    step: int,
+    dp_rank: int,
+    null_text: torch.Tensor,
+    micro: int = 0,
+):
+    """Tasks, masks, timesteps, noise and the noisy input for one micro-batch.
+
+    Drawn from a generator seeded by (seed, step, DP rank, micro-batch): every pipeline
+    stage, TP and CP rank of a DP rank draws the same numbers (reference §D.4), and a
+    resumed run draws what the uninterrupted run drew."""
+    key = (config.seed, step, dp_rank) if micro == 0 else (config.seed, step, dp_rank, micro)
+    g = torch.Generator().manual_seed(hash(key) % 2**63)
     x0 = batch.latent
     b, _, t = x0.shape[:3]
     tasks = sample_tasks([t] * b, config.objective.task_mix, generator=g)
@@ -238,42 +250,48 @@ def _check_batch(batch: Batch, config: TrainConfig) -> None:
 
 
 def _forward_backward(
-    model, ref_model, batch: Batch, prep: dict, config: TrainConfig, device
+    model, ref_model, batches: list[Batch], preps: list[dict], config: TrainConfig, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward of one micro-batch through the pipeline stages.
+    """Forward and backward of a step's micro-batches through the pipeline stages.
 
-    Returns the loss and per-sample flow losses [B] on every rank (broadcast from the last
-    pipeline stage); ``.grad`` holds this rank's (not yet reduced) gradients.
+    Returns the mean loss over the micro-batches and the per-sample flow losses (all
+    micro-batches concatenated) on every rank (broadcast from the last pipeline stage);
+    ``.grad`` holds this rank's (not yet reduced) gradient of the mean loss.
     """
-    _check_batch(batch, config)
-    inputs = dict(
-        x=prep["xt"].to(device), timestep=prep["timesteps"].to(device),
-        text=prep["text"].to(device), text_mask=batch.text_mask.to(device),
-        fps=batch.fps.to(device), x_mask=prep["x_mask"].to(device),
-    )  # fmt: skip
-    autocast = _autocast(config, device)
-    ref_err = None
-    if ref_model is not None:
-        x0, noise, mask = (prep[k].to(device) for k in ("x0", "noise", "x_mask"))
-        res = run_pipeline(
-            ref_model,
-            [inputs],
-            lambda out, _i: (per_sample_flow_loss(out, x0, noise, mask), None),
-            forward_only=True,
-            autocast=autocast,
+    for batch in batches:
+        _check_batch(batch, config)
+    inputs = [
+        dict(
+            x=prep["xt"].to(device),
+            timestep=prep["timesteps"].to(device),
+            text=prep["text"].to(device),
+            text_mask=batch.text_mask.to(device),
+            fps=batch.fps.to(device),
+            x_mask=prep["x_mask"].to(device),
         )
-        ref_err = res[0][0] if res else None
+        for batch, prep in zip(batches, preps, strict=True)
+    ]
+    autocast = _autocast(config, device)
+    ref_err: list[torch.Tensor | None] = [None] * len(batches)
+    if ref_model is not None:
+
+        def ref_loss(out, i):
+            x0, noise, mask = (preps[i][k].to(device) for k in ("x0", "noise", "x_mask"))
+            return per_sample_flow_loss(out, x0, noise, mask), None
+
+        res = run_pipeline(ref_model, inputs, ref_loss, forward_only=True, autocast=autocast)
+        ref_err = [r[0] for r in res] or ref_err
     res = run_pipeline(
         model,
-        [inputs],
-        lambda out, _i: _objective(out, ref_err, batch, prep, config, device),
+        inputs,
+        lambda out, i: _objective(out, ref_err[i], batches[i], preps[i], config, device),
         autocast=autocast,
     )
-    b = batch.latent.shape[0]
-    loss = broadcast_from_last_stage(res[0][0] if res else None, torch.zeros((), device=device))
-    per_sample = broadcast_from_last_stage(
-        res[0][1] if res else None, torch.zeros(b, device=device)
-    )
+    total = sum(batch.latent.shape[0] for batch in batches)
+    loss = torch.stack([r[0] for r in res]).mean() if res else None
+    per_sample = torch.cat([r[1] for r in res]) if res else None
+    loss = broadcast_from_last_stage(loss, torch.zeros((), device=device))
+    per_sample = broadcast_from_last_stage(per_sample, torch.zeros(total, device=device))
     return loss, per_sample
 
 
@@ -349,7 +367,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     stream = ShardStream(
         open_shard_roots(config.data.shards), config.data, dp_rank=dp_rank, dp_size=dp_size,
-        seed=config.seed, total_steps=config.train_steps,
+        seed=config.seed, total_steps=config.train_steps * config.data.microbatches,
     )  # fmt: skip
     null_text = torch.randn(
         config.data.null_text_tokens,
@@ -424,13 +442,15 @@ def train(config: TrainConfig) -> TrainResult:
         for step in range(start, config.train_steps):
             if async_queue is not None:  # commit background saves that have finished
                 async_queue.maybe_finalize_async_calls(blocking=False)
-            batch = next(batches)
-            data_state = batch.state
-            skipped_corrupt += batch.skipped
-            prep = _prepare(batch, config, step, dp_rank, null_text)
+            micro = [next(batches) for _ in range(config.data.microbatches)]
+            data_state = micro[-1].state
+            skipped_corrupt += sum(b.skipped for b in micro)
+            preps = [_prepare(b, config, step, dp_rank, null_text, i) for i, b in enumerate(micro)]
             lr = lr_at(step, config.train_steps, config.optim)
             opt.zero_grad()
-            loss, per_sample = _forward_backward(opt.module, ref_model, batch, prep, config, device)
+            loss, per_sample = _forward_backward(
+                opt.module, ref_model, micro, preps, config, device
+            )
             finite = torch.tensor([1.0 if torch.isfinite(loss).item() else 0.0], device=device)
             if dist.get_world_size() > 1:
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -454,16 +474,19 @@ def train(config: TrainConfig) -> TrainResult:
             if dp_size > 1:
                 dist.all_reduce(stats, group=data_parallel_group())
             mean_loss = (stats[0] / stats[1]).item()
-            b = batch.latent.shape[0]
-            samples_acc += b * dp_size
-            tokens_acc += batch.num_tokens * dp_size
-            flops_acc += dp_size * b * dit_flops_per_sample(
-                config.model, batch.num_tokens // b, int(batch.text_mask.sum(1).float().mean()),
-                recompute=config.parallel.recompute == "full",
-            )  # fmt: skip
+            for batch in micro:
+                b = batch.latent.shape[0]
+                samples_acc += b * dp_size
+                tokens_acc += batch.num_tokens * dp_size
+                flops_acc += dp_size * b * dit_flops_per_sample(
+                    config.model, batch.num_tokens // b,
+                    int(batch.text_mask.sum(1).float().mean()),
+                    recompute=config.parallel.recompute == "full",
+                )  # fmt: skip
             record = {"step": step + 1, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm}
-            for task in sorted(set(prep["tasks"])):
-                sel = [i for i, tk in enumerate(prep["tasks"]) if tk == task]
+            tasks = [tk for prep in preps for tk in prep["tasks"]]
+            for task in sorted(set(tasks)):
+                sel = [i for i, tk in enumerate(tasks) if tk == task]
                 record[f"loss/{task}"] = per_sample[sel].mean().item()
             history.append(record)
             log.tick(mean_loss)

@@ -27,7 +27,11 @@ from mugv_train.config import (
 from mugv_train.objectives import TaskMix
 
 _GPU_PARALLEL = ParallelConfig(
-    tensor_parallel=4, transformer_impl="transformer_engine", recompute="full", precision="bf16"
+    tensor_parallel=4,
+    sequence_parallel=True,  # TP 4 + SP as in the official launch scripts (reference §G.4)
+    transformer_impl="transformer_engine",
+    recompute="full",
+    precision="bf16",
 )
 _FINETUNE_OPTIM = OptimConfig(lr=1e-5, min_lr=1e-5, warmup_steps=100, schedule="constant")
 
