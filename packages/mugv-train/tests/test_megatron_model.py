@@ -57,3 +57,22 @@ def test_incompatible_checkpoint_names_the_mismatch(megatron_tp1):
     other = MegatronMUGDiT(tiny_dit_config(hidden_size=96, num_heads=4))
     with pytest.raises(ValueError, match="does not fit this model"):
         load_full_state_dict(mega, full_state_dict(other))
+
+
+@pytest.mark.parametrize("recompute", ["selective", "full"])
+def test_activation_recompute_gives_the_same_gradients(megatron_tp1, recompute):
+    from mugv_train import ParallelConfig
+
+    cfg = tiny_dit_config()
+    torch.manual_seed(0)
+    plain = MegatronMUGDiT(cfg).train()
+    again = MegatronMUGDiT(cfg, ParallelConfig(recompute=recompute)).train()
+    again.load_state_dict(plain.state_dict())
+    inputs = tiny_inputs(cfg)
+    grads = []
+    for model in (plain, again):
+        model(**inputs).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-7, msg=name)

@@ -10,7 +10,9 @@ Entry points:
   ``stage3``, ``sft``, ``dpo``, ``kto``, ``lora``; ``RECIPES`` by name.
 - Objectives: ``mugv_train.objectives`` (flow matching, task mix, DPO, KTO).
 - Megatron model and converter: ``MegatronMUGDiT``, ``mugdit_layer_spec``,
-  ``dit_to_megatron`` / ``megatron_to_dit`` (and ``mugv_train.parallel`` for TP sharding).
+  ``dit_to_megatron`` / ``megatron_to_dit``; ``mugv_train.parallel`` for TP sharding,
+  torch_dist layer stacking, the pipeline schedule (``run_pipeline``) and the gradient
+  reduction over TP / SP / CP / PP / DP (``finalize_grads``).
 - ``grow_width`` (2B -> 10B width growth), ``post_hoc_ema``, ``export_mugv_dit``,
   ``write_synthetic_shards``, ``dit_flops_per_sample``; the ``mugv-train`` command.
 

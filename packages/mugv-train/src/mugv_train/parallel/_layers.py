@@ -231,7 +231,11 @@ class MUGSelfAttention(MegatronModule):
         # from all chunks' queries are summed back onto the chunk that produced them
         cp = _cp_group()
         k, v = gather_seq(k, cp, grad="sum"), gather_seq(v, cp, grad="sum")
-        out = self.core_attention(q, k, v, key_mask)
+        if self.config.recompute_granularity == "selective" and torch.is_grad_enabled():
+            # selective recompute: keep q, k, v; recompute the attention in the backward
+            out = checkpoint(self.core_attention, q, k, v, key_mask, use_reentrant=False)
+        else:
+            out = self.core_attention(q, k, v, key_mask)
         return self.linear_proj(out)
 
 

@@ -34,8 +34,13 @@ def run_pipeline(
     ``autocast`` is entered around each model forward only.
     """
     num = len(microbatches)
-    first = getattr(model, "pre_process", True)
-    last = getattr(model, "post_process", True)
+    core = model  # the MegatronMUGDiT inside wrappers such as Megatron's DDP
+    while not hasattr(core, "pre_process") and isinstance(
+        getattr(core, "module", None), torch.nn.Module
+    ):
+        core = core.module
+    first = getattr(core, "pre_process", True)
+    last = getattr(core, "post_process", True)
     pp = ps.get_pipeline_model_parallel_world_size()
     prev_rank = ps.get_pipeline_model_parallel_prev_rank() if pp > 1 else None
     next_rank = ps.get_pipeline_model_parallel_next_rank() if pp > 1 else None
@@ -47,10 +52,10 @@ def run_pipeline(
             received = None
             if not first:
                 device = inputs["x"].device
-                received = torch.empty(model.hidden_shape(inputs["x"]), device=device)
+                received = torch.empty(core.hidden_shape(inputs["x"]), device=device)
                 dist.recv(received, src=prev_rank)
                 received.requires_grad_(not forward_only)
-                model.set_input_tensor(received)
+                core.set_input_tensor(received)
             with autocast():
                 out = model(**inputs)
             if last:
@@ -60,8 +65,8 @@ def run_pipeline(
             else:
                 dist.send(out.detach().float().contiguous(), dst=next_rank)
                 saved.append((received, out))
-    if hasattr(model, "set_input_tensor"):
-        model.set_input_tensor(None)
+    if hasattr(core, "set_input_tensor"):
+        core.set_input_tensor(None)
     if forward_only:
         return results
     for received, out in reversed(saved):
