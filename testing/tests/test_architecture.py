@@ -100,6 +100,14 @@ def test_allowed_imports_pass(tmp_path):
     assert check(root) == []
 
 
+def test_tests_may_use_sibling_dependencies(tmp_path):
+    root = _skeleton(tmp_path)
+    _plant(root, "mugv_infer", "import transformers\n", where="tests")  # declared by mugv-dit
+    assert check(root) == []
+    _plant(root, "mugv_infer", "import transformers\n")  # but the source must declare it
+    assert ["transformers" in v.message for v in check(root)] == [True]
+
+
 def test_test_tools_only_allowed_in_tests(tmp_path):
     root = _skeleton(tmp_path)
     _plant(root, "mugv_dit", "import pytest\n")
