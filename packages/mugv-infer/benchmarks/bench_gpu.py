@@ -51,8 +51,8 @@ def _random(module: torch.nn.Module, device: str) -> torch.nn.Module:
     return module
 
 
-def build(mode: str, preset: str, attention: str) -> MUGVPipeline:
-    home = "cpu" if mode in ("model", "block") else "cuda"
+def build(mode: str, preset: str, attention: str, device: str) -> MUGVPipeline:
+    home = "cpu" if mode in ("model", "block") else device
     with torch.device("meta"):
         dit = mugv_dit.MUGDiT(mugv_dit.DiTConfig.preset(preset, attention_backend=attention))
         vae = mugv_vae.VideoVAE(mugv_vae.VAEConfig.preset("mugv"))
@@ -61,7 +61,7 @@ def build(mode: str, preset: str, attention: str) -> MUGVPipeline:
     vae = _random(vae.to(torch.bfloat16), home).eval()
     vae.scale.fill_(1.0)
     vae.shift.zero_()
-    pipe = MUGVPipeline(dit, vae, RandomT5(), device="cuda", quirks=OfficialQuirks())
+    pipe = MUGVPipeline(dit, vae, RandomT5(), device=device, quirks=OfficialQuirks())
     if mode == "model":
         pipe.enable_model_offload()
     elif mode == "block":
@@ -70,23 +70,30 @@ def build(mode: str, preset: str, attention: str) -> MUGVPipeline:
 
 
 def measure(mode: str, args: argparse.Namespace) -> str:
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.empty_cache()
     try:
-        pipe = build(mode, args.preset, args.attention)
+        pipe = build(mode, args.preset, args.attention, args.device)
         if args.compile:
             pipe.compile()
-        kwargs = dict(aspect="16:9", duration=args.duration, progress=False)
+        kwargs = dict(duration=args.duration, progress=False)
+        if args.size:
+            kwargs["height"], kwargs["width"] = map(int, args.size.split("x"))
+        else:
+            kwargs["aspect"] = "16:9"
         pipe("warm-up", steps=1, output_type="latent", **kwargs)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         out = pipe("benchmark", steps=args.steps, output_type="pt", **kwargs)
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
     except torch.OutOfMemoryError:
         return f"| {mode} | out of memory | | | |"
     per_step = out.timings["sampling"] / args.steps
     end_to_end = 25 * per_step + out.timings["decode"] + out.timings["reference"]
-    peak = torch.cuda.max_memory_allocated() / 1e9
+    peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else float("nan")
     del pipe
     return (
         f"| {mode} | {per_step:.2f} | {out.timings['decode']:.1f} | {end_to_end:.0f} | {peak:.1f} |"
@@ -101,10 +108,15 @@ def main() -> None:
     parser.add_argument("--attention", default="sdpa", choices=["sdpa", "flash", "xformers"])
     parser.add_argument("--modes", default="block,model,resident")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", help="HxW instead of the 720p 16:9 size (dry runs)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the table without writing RESULTS.md"
+    )
     args = parser.parse_args()
     results = _results()
     command = "python packages/mugv-infer/benchmarks/bench_gpu.py"
-    if not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         body = (
             f"{args.preset} at 720p ({args.duration}), per memory option: not measured on GPU "
             "(no CUDA device). Arithmetic: `docs/memory.md`."
@@ -112,18 +124,21 @@ def main() -> None:
         print(body)
         results.write_section("mugv-infer: 10b generation (GPU)", body, command=command)
         return
+    if not args.device.startswith("cuda") and not args.dry_run:
+        raise SystemExit("a CPU run of this GPU benchmark must be a --dry-run")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     rows = [measure(mode, args) for mode in args.modes.split(",")]
     body = (
-        f"{args.preset}, 1280 x 720, {args.duration}, CFG in one batch, bf16, attention "
+        f"{args.preset}, {args.size or '1280x720'} (HxW), {args.duration}, CFG in one batch, bf16, attention "
         f"{args.attention}{', torch.compile' if args.compile else ''}; random weights; "
         f"step time over {args.steps} steps, end-to-end = 25 steps + decode (T5 excluded):\n\n"
         "| mode | s / step | decode (s) | end-to-end (s) | peak GPU memory (GB) |\n"
         "|---|---|---|---|---|\n" + "\n".join(rows)
     )
     print(body)
-    results.write_section("mugv-infer: 10b generation (GPU)", body, command=command)
+    if not args.dry_run:
+        results.write_section("mugv-infer: 10b generation (GPU)", body, command=command)
 
 
 if __name__ == "__main__":

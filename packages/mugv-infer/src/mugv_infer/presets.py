@@ -110,6 +110,8 @@ def resolve_size(
 
 def resolve_num_frames(duration: str | int) -> int:
     """Pixel frame count for a duration name ("5s", "3s") or an explicit frame count."""
+    if isinstance(duration, str) and duration.isdigit():
+        duration = int(duration)
     if isinstance(duration, int) and not isinstance(duration, bool):
         if duration < 1:
             raise ValueError(f"frame count must be >= 1, got {duration}")
@@ -117,7 +119,7 @@ def resolve_num_frames(duration: str | int) -> int:
     if duration not in DURATIONS:
         raise ValueError(
             f"unknown duration {duration!r}; choose one of {list(DURATIONS)} "
-            "or pass num_frames= (an integer frame count)"
+            "or give an integer frame count"
         )
     return DURATIONS[duration]
 
