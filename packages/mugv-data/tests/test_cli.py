@@ -53,3 +53,17 @@ def test_config_files_and_errors(tmp_path):
         CurationConfig.from_dict({"default": {"sharpness": {"min": 10, "max": 1}}})
     with pytest.raises(ValueError, match=r"needs aesthetic\.clip_model"):
         CurationConfig.from_dict({"default": {"aesthetic": {"enabled": True}}})
+
+
+def test_curation_imports_no_model_stack():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mugv_data, mugv_data.cli; "
+        "print(sorted(m for m in ('torch', 'transformers', 'mugv_vae', 'mugv_dit', 'ray') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

@@ -59,7 +59,6 @@ def test_curate_killed_and_resumed_equals_uninterrupted(synthetic_set, curated, 
     assert a.equals(b)
 
 
-@pytest.mark.slow  # a local Ray start alone takes 20-70 s on 2 shared cores
 def test_ray_engine_matches_local(synthetic_set, curated, tmp_path):
     ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra")
     root, _ = synthetic_set

@@ -6,6 +6,8 @@ Entry points:
   with ``SceneConfig``, ``SharpnessConfig``, ``MotionConfig``, ``AestheticConfig``,
   ``CaptionConfig``; and ``DedupConfig``, ``BalanceConfig``, ``BucketConfig``).
   ``InputItem`` describes one input, ``Models`` plugs model stages in as callables.
+- The stages as functions (what both engines run): ``discover_inputs``, ``probe_stage``,
+  ``scene_stage`` (``split_scenes`` -> ``SceneResult``), ``clip_stage``, ``finalize``.
 - Stages as objects: ``AestheticPredictor`` (CLIP + MLP head), ``VLMStage`` (captioner
   and artifact filter on a transformers vision-language model).
 - Pre-encoding: ``encode_clips(curated_dir, shard_dir, vae=..., text_encoder=...)``.
@@ -29,15 +31,37 @@ from mugv_data.config import (
     SourceConfig,
 )
 from mugv_data.official import export_official_csv, import_official_csv
-from mugv_data.pipeline import CurationResult, InputItem, Models, Pipeline, curate
+from mugv_data.pipeline import (
+    CurationResult,
+    InputItem,
+    Models,
+    Pipeline,
+    clip_stage,
+    curate,
+    discover_inputs,
+    finalize,
+    probe_stage,
+    scene_stage,
+)
 from mugv_data.shards import ShardError, ShardSet, ShardWriter, open_shards
-from mugv_data.stages.aesthetic import AestheticPredictor
 from mugv_data.stages.encode import encode_clips
+from mugv_data.stages.scenes import SceneResult, split_scenes
 from mugv_data.stages.vlm import VLMStage
 from mugv_data.stats import explain, summarize
 from mugv_data.stats import plot as plot_stats
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The aesthetic predictor subclasses torch.nn.Module: imported on first use, so the
+    # curation stages (and the Ray / process-pool workers running them) never import torch.
+    if name == "AestheticPredictor":
+        from mugv_data.stages.aesthetic import AestheticPredictor
+
+        return AestheticPredictor
+    raise AttributeError(f"module 'mugv_data' has no attribute {name!r}")
+
 
 __all__ = [
     "AestheticConfig",
@@ -53,6 +77,7 @@ __all__ = [
     "MotionConfig",
     "Pipeline",
     "SceneConfig",
+    "SceneResult",
     "ShardError",
     "ShardSet",
     "ShardWriter",
@@ -60,12 +85,18 @@ __all__ = [
     "SourceConfig",
     "VLMStage",
     "__version__",
+    "clip_stage",
     "curate",
+    "discover_inputs",
     "encode_clips",
     "explain",
     "export_official_csv",
+    "finalize",
     "import_official_csv",
     "open_shards",
     "plot_stats",
+    "probe_stage",
+    "scene_stage",
+    "split_scenes",
     "summarize",
 ]

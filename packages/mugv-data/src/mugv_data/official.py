@@ -19,8 +19,6 @@ import io
 import os
 from pathlib import Path
 
-import torch
-
 from mugv_data.shards import ShardWriter, atomic_write_bytes, open_shards
 
 __all__ = ["export_official_csv", "import_official_csv"]
@@ -41,6 +39,8 @@ _COLUMNS = ["sample_id", "source", "latent_path", "text_feat_path"]
 
 
 def _save_pt(obj, path: Path) -> None:
+    import torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -58,6 +58,8 @@ def export_official_csv(
     Text features are zero-padded (mask False) to ``text_length`` tokens; longer captions
     raise, since the official loader assumes a fixed length.
     """
+    import torch
+
     ds = open_shards(shards)
     out = Path(out_dir)
     rows = []
@@ -107,6 +109,8 @@ def import_official_csv(
     official VAE maps to T latents; ``fps`` defaults to the official loader's 24. The CSV
     has no captions, so ``caption`` is empty unless a ``caption`` column exists.
     """
+    import torch
+
     csv_path = Path(csv_path)
     if not csv_path.exists():
         raise FileNotFoundError(f"official CSV not found: {csv_path}")

@@ -38,7 +38,18 @@ from mugv_data.stages.buckets import assign_bucket
 from mugv_data.stages.dedup import duplicate_groups, entity_tags, stratified_weights
 from mugv_data.stages.scenes import split_scenes
 
-__all__ = ["CurationResult", "InputItem", "Pipeline", "curate", "discover_inputs"]
+__all__ = [
+    "CurationResult",
+    "InputItem",
+    "Models",
+    "Pipeline",
+    "clip_stage",
+    "curate",
+    "discover_inputs",
+    "finalize",
+    "probe_stage",
+    "scene_stage",
+]
 
 RECORD_VERSION = 1
 _MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")

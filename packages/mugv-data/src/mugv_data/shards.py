@@ -21,11 +21,13 @@ import tempfile
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ShardError", "ShardSet", "ShardWriter", "open_shards"]
 
@@ -77,10 +79,14 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
 
 
 def _crc(t: torch.Tensor) -> int:
+    import torch
+
     return zlib.crc32(t.contiguous().view(torch.uint8).numpy().tobytes()) if t.numel() else 0
 
 
 def _validated(sample: Mapping[str, Any]) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    import torch
+
     missing = [k for k in ("latent", "text", *REQUIRED) if k not in sample]
     if missing:
         raise ValueError(

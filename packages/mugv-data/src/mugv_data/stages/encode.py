@@ -20,14 +20,16 @@ import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
 from mugv_data._video import read_frames
 from mugv_data.shards import ShardWriter
+
+if TYPE_CHECKING:
+    import torch
 
 _EXTRA_COLUMNS = (
     "sharpness",
@@ -53,6 +55,8 @@ def _video_encoder(vae: Any, sample: bool) -> Callable[[torch.Tensor, int], torc
         params = {}
 
     def run(video: torch.Tensor, seed: int) -> torch.Tensor:
+        import torch
+
         kw: dict[str, Any] = {}
         if "sample" in params:
             kw["sample"] = sample
@@ -83,6 +87,8 @@ def _clip_seed(clip_id: str) -> int:
 
 def clip_pixels(row: dict) -> torch.Tensor:
     """The bucket's frames of a kept clip as ``[3, F, H, W]`` float in [-1, 1]."""
+    import torch
+
     f, fps_out, fps_in = row["bucket_frames"], row["bucket_fps"], row["fps"]
     start, end = row["start_frame"], row["end_frame"]
     idx = [min(end - 1, start + round(j * fps_in / fps_out)) for j in range(f)]

@@ -11,7 +11,6 @@ model's answer starts with "yes".
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from mugv_data.config import CaptionConfig
 
@@ -53,9 +52,9 @@ class VLMStage:
             max_new_tokens=cfg.max_new_tokens,
         )
 
-    @torch.inference_mode()
     def ask(self, frames: list[np.ndarray], prompt: str) -> str:
         """One chat turn: the frames as images, then ``prompt``; returns the decoded answer."""
+        import torch
         from PIL import Image
 
         images = [Image.fromarray(f) for f in frames]
@@ -66,7 +65,8 @@ class VLMStage:
         )
         inputs = self.processor(text=[text], images=images, return_tensors="pt")
         inputs = inputs.to(self.model.device)
-        out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         new = out[:, inputs["input_ids"].shape[1] :]
         return self.processor.batch_decode(new, skip_special_tokens=True)[0].strip()
 
