@@ -70,3 +70,12 @@ def test_config_presets_and_errors():
         QuickstartConfig.preset("huge")
     with pytest.raises(ValueError, match="dit_steps must be >= 1"):
         QuickstartConfig.preset("fast", dit_steps=0)
+
+
+def test_package_import_does_not_load_torch():
+    # The command must set OpenMP's environment before torch starts.
+    import subprocess
+    import sys
+
+    code = "import sys, mugv_quickstart; assert 'torch' not in sys.modules; mugv_quickstart.psnr"
+    subprocess.run([sys.executable, "-c", code], check=True)

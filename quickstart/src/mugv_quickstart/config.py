@@ -27,7 +27,7 @@ class QuickstartConfig:
     text_max_length: int = 24
     """Text-encoder tokens per caption (the captions are at most ~15 tokens)."""
 
-    vae_steps: int = 150
+    vae_steps: int = 60
     """Optimiser steps of the debug VAE."""
     vae_batch_size: int = 2
     vae_lr: float = 2e-3

@@ -479,3 +479,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("evaluate", "measure caption agreement", evaluate),
     Stage("report", "write the report", write_report),
 )
+
+
+def run_quickstart(
+    out: str | Path, config: QuickstartConfig | None = None, **kwargs: Any
+) -> dict[str, dict[str, Any]]:
+    """Run (or resume) the quickstart into ``out``; ``kwargs`` go to ``run_stages``."""
+    from mugv_quickstart.runner import run_stages
+
+    return run_stages(STAGES, Path(out), config or QuickstartConfig(), **kwargs)
