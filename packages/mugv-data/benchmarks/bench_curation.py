@@ -140,8 +140,8 @@ def main() -> None:
         f"Synthetic set: {len(items)} files, {args.width}x{args.height} px, 24 fps, 1.5-4.5 s "
         f"per file; {n_clip} candidate clips. Stage rows run in one process. Machine load "
         f"average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared "
-        "with other jobs, so figures are pessimistic; spawned workers pay a torch import each, "
-        "which dominates on a set this small).",
+        "with other jobs, so figures are pessimistic; each spawned worker starts a fresh "
+        "interpreter, which weighs on a set this small).",
         "",
         "| stage | work | clips (or videos) / min | seconds | where the time goes |",
         "|---|---|---|---|---|",
