@@ -161,3 +161,44 @@ def test_pp2_cp2_and_tp2_sp_equal_one_process(megatron_tp1, tmp_path, monkeypatc
             for k, v in ref_final.items():
                 assert_close(torch.from_numpy(final[k]), torch.from_numpy(v), rtol=1e-4,
                              atol=1e-5, name=f"{name} rank {rank} {k}")  # fmt: skip
+
+
+def _train_cp2(rank: int, world: int, shards: str, out: str):
+    import dataclasses
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from train_helpers import tiny_train_config
+
+    from mugv_train import ParallelConfig, train
+
+    torch.set_num_threads(1)
+    cfg = tiny_train_config(shards, out, steps=4)
+    cfg = dataclasses.replace(cfg, parallel=ParallelConfig(context_parallel=2))
+    return train(cfg).losses
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(300)
+def test_train_with_context_parallel_matches_one_process(megatron_tp1, tmp_path):
+    """train() with CP = 2: both ranks read the same samples, draw the same noise, and
+    the finalised gradients give the single-process losses; one copy of the model is saved."""
+    from train_helpers import tiny_shards, tiny_train_config
+
+    from mugv_testing import run_distributed
+    from mugv_train import train
+
+    torch.set_num_threads(1)
+    shards = tiny_shards(tmp_path / "shards", frames=3, height=6, width=6)  # 27 + 2: padded
+    ref = train(tiny_train_config(shards, tmp_path / "cp1", steps=4)).losses
+    per_rank = run_distributed(
+        _train_cp2, world_size=2, args=(str(shards), str(tmp_path / "cp2")), timeout=280
+    )
+    for losses in per_rank:
+        assert losses == pytest.approx(ref, rel=1e-5, abs=1e-7)
+    step = tmp_path / "cp2" / "checkpoints" / "step_00000004"
+    assert sorted(p.name for p in step.glob("*.pt")) == [
+        "model_tp0_pp0.pt",
+        "optim_tp0_pp0.pt",
+        "trainer_dp0.pt",
+    ]
