@@ -45,8 +45,6 @@ class QuickstartConfig:
 
     num_inference_steps: int = 20
     """Euler steps per generated clip."""
-    guidance_scale: float = 4.0
-    """Classifier-free guidance scale (caption dropout trains the unconditional branch)."""
     num_eval_prompts: int = 16
     """Held-out captions generated as T2V and as I2V (first frame of the held-out clip)."""
 

@@ -281,7 +281,9 @@ def _generate_set(pipe, clips: list[Clip], synth_dir: Path, cfg: QuickstartConfi
                   log) -> None:  # fmt: skip
     """T2V (all prompts in one batch) and I2V (first frame of the held-out clip) MP4s.
 
-    Files are written with the quickstart's byte-deterministic writer: the same frames
+    No classifier-free guidance: mugv-train's caption dropout replaces captions by its own
+    null embedding, which the exported model does not carry, so an unconditional branch
+    at inference would see text the model never saw. Files are written with the quickstart's byte-deterministic writer: the same frames
     through ``mugv_infer.write_mp4`` gave different bytes from run to run (its RGB to
     YUV conversion), and a rerun must reproduce the files.
     """
