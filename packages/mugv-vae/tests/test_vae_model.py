@@ -17,6 +17,15 @@ H, W = 16, 24  # debug frames: latent 2 x 3
 TOL = {"rtol": 1e-4, "atol": 1e-5}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convs: one intra-op thread avoids OpenMP oversubscription on a loaded 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def vae() -> VideoVAE:
     torch.manual_seed(0)

@@ -23,6 +23,17 @@ from mugv_vae import (
 from mugv_vae._video_io import synthetic_clip
 from mugv_vae.cli import main as cli_main
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convs: one intra-op thread avoids OpenMP oversubscription on a loaded 2-core box
+    (several times faster there); the numbers checked do not depend on it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # the debug widths with one block per stage: same stages, fast enough for CPU tests
 FAST = VAEConfig.preset("debug", temporal_num_res_blocks=1, layers_per_block=1)
 

@@ -93,7 +93,15 @@ class VAEConfig:
     tile_latent_size: int | None = None
     """Spatial tile edge in latent pixels for tiled encode/decode; ``None`` disables tiling."""
     tile_latent_overlap: int = 4
-    """Overlap between neighbouring tiles in latent pixels (linear blending over it)."""
+    """Overlap between neighbouring tiles in latent pixels (``tile_mode="blend"`` only)."""
+    tile_mode: str = "exact"
+    """``"exact"``: layer-by-layer tiles with global GroupNorm statistics, equal to the
+    untiled result up to float rounding. ``"blend"``: each tile runs the whole network alone
+    and overlaps are blended linearly (one pass, cheaper, but per-tile norm statistics make
+    it differ from untiled output)."""
+    tile_park_device: str | None = None
+    """Where ``"exact"`` tiling keeps full activations between layers (e.g. ``"cpu"`` to
+    bound accelerator memory by the tile); ``None`` keeps them on the model's device."""
     channels_last: bool = False
     """Run the 2D trunk in channels-last memory format (helps cuDNN convs on GPU)."""
 
@@ -145,6 +153,8 @@ class VAEConfig:
                     f"tile_latent_overlap must be in [0, tile_latent_size), got "
                     f"{self.tile_latent_overlap} with tile_latent_size={self.tile_latent_size}"
                 )
+        if self.tile_mode not in ("exact", "blend"):
+            raise ValueError(f"tile_mode must be 'exact' or 'blend', got {self.tile_mode!r}")
 
     # -- derived ------------------------------------------------------------------------
     @property

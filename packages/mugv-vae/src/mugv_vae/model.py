@@ -12,9 +12,11 @@ Encode, per micro-chunk of frames (reference §B.4, paper §3.1.2):
 Decode, per window of ``decode_window`` latents (§B.5; official 6, windows independent):
   1. z * scale + shift -> post_quant_conv -> temporal decoder -> [B, 512, 8T, h, w];
   2. drop the padded / replicated frames; 2D decoder per frame after dividing by 0.18215.
-Tiling (optional, ``tile_latent_size``) runs the whole pipeline on overlapping spatial
-tiles and blends the overlaps linearly, so peak memory depends on the tile and the chunk,
-not on the frame size or the clip length.
+Tiling (optional, ``tile_latent_size``): ``tile_mode="exact"`` (default) runs every layer
+tile by tile with global two-pass GroupNorm statistics (``_tiled``), equal to untiled output
+up to float rounding; ``"blend"`` runs the whole pipeline per overlapping tile and blends
+linearly (per-tile statistics). Either way peak compute-device memory depends on the tile
+and the chunk, not on the frame size or the clip length.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from mugv_vae._encoding import (
     tile_weight,
 )
 from mugv_vae._layers import SpatialVAE, TemporalVAE
+from mugv_vae._tiled import TiledRunner
 from mugv_vae.config import SPACE_FACTOR, TIME_FACTOR, VAEConfig
 
 #: Values this far outside [-1, 1] are rejected; anything closer is clamped silently.
@@ -117,7 +120,9 @@ class VideoVAE(nn.Module):
     # ------------------------------------------------------------------------------------
     # building blocks (untiled)
     # ------------------------------------------------------------------------------------
-    def _spatial_encode(self, frames: torch.Tensor) -> torch.Tensor:
+    def _spatial_encode(
+        self, frames: torch.Tensor, runner: TiledRunner | None = None
+    ) -> torch.Tensor:
         """[B, 3, N, H, W] -> [B, 512, N, h, w] times the scaling factor, micro-batched."""
         b, _, n, hh, ww = frames.shape
         flat = frames.transpose(1, 2).reshape(b * n, 3, hh, ww)
@@ -127,11 +132,14 @@ class VideoVAE(nn.Module):
             x = flat[i : i + self.config.micro_batch_size]
             if self.config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            outs.append(enc(x) * self.config.scaling_factor)
+            y = enc(x) if runner is None else runner.encoder2d(enc, x)
+            outs.append(y * self.config.scaling_factor)
         feats = torch.cat(outs)
         return feats.reshape(b, n, *feats.shape[1:]).transpose(1, 2)
 
-    def _spatial_decode(self, feats: torch.Tensor) -> torch.Tensor:
+    def _spatial_decode(
+        self, feats: torch.Tensor, runner: TiledRunner | None = None
+    ) -> torch.Tensor:
         """[B, 512, N, h, w] (scaled) -> [B, 3, N, 8h, 8w], micro-batched."""
         b, c, n, h, w = feats.shape
         flat = feats.transpose(1, 2).reshape(b * n, c, h, w)
@@ -141,11 +149,13 @@ class VideoVAE(nn.Module):
             x = flat[i : i + self.config.micro_batch_size] / self.config.scaling_factor
             if self.config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            outs.append(dec(x).contiguous())
+            outs.append((dec(x) if runner is None else runner.decoder2d(dec, x)).contiguous())
         pix = torch.cat(outs)
         return pix.reshape(b, n, *pix.shape[1:]).transpose(1, 2)
 
-    def _temporal_encode(self, feats: torch.Tensor) -> torch.Tensor:
+    def _temporal_encode(
+        self, feats: torch.Tensor, runner: TiledRunner | None = None
+    ) -> torch.Tensor:
         """[B, 512, n, h, w] -> moments [B, 48, ceil(n/8), h, w]; each 8-frame group alone."""
         b, c, n, h, w = feats.shape
         pad = (-n) % TIME_FACTOR
@@ -154,23 +164,51 @@ class VideoVAE(nn.Module):
         g = (n + pad) // TIME_FACTOR
         groups = feats.reshape(b, c, g, TIME_FACTOR, h, w).transpose(1, 2)
         groups = groups.reshape(b * g, c, TIME_FACTOR, h, w)
-        moments = self.temporal_vae.quant_conv(self.temporal_vae.encoder(groups))
+        tv = self.temporal_vae
+        if runner is None:
+            moments = tv.quant_conv(tv.encoder(groups))
+        else:
+            moments = runner.conv(runner.temporal_encoder(tv.encoder, groups), tv.quant_conv)
         return moments.reshape(b, g, -1, h, w).transpose(1, 2)
 
-    def _temporal_decode(self, z: torch.Tensor) -> torch.Tensor:
+    def _temporal_decode(self, z: torch.Tensor, runner: TiledRunner | None = None) -> torch.Tensor:
         """Un-normalised latents [B, 24, t, h, w] -> scaled trunk features [B, 512, 8t, h, w]."""
-        return self.temporal_vae.decoder(self.temporal_vae.post_quant_conv(z))
+        tv = self.temporal_vae
+        if runner is None:
+            return tv.decoder(tv.post_quant_conv(z))
+        return runner.temporal_decoder(tv.decoder, runner.conv(z, tv.post_quant_conv))
 
-    def _encode_region(self, frames: torch.Tensor) -> torch.Tensor:
+    def _encode_region(
+        self, frames: torch.Tensor, runner: TiledRunner | None = None
+    ) -> torch.Tensor:
         """One micro-chunk (possibly one tile): pixels -> moments."""
-        return self._temporal_encode(self._spatial_encode(frames))
+        return self._temporal_encode(self._spatial_encode(frames, runner), runner)
 
-    def _decode_region(self, z: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    def _decode_region(
+        self,
+        z: torch.Tensor,
+        keep: torch.Tensor | None,
+        runner: TiledRunner | None = None,
+    ) -> torch.Tensor:
         """One decode window (possibly one tile): un-normalised latents -> pixels."""
-        feats = self._temporal_decode(z)
+        feats = self._temporal_decode(z, runner)
         if keep is not None:
-            feats = feats.index_select(2, keep)
-        return self._spatial_decode(feats)
+            feats = feats.index_select(2, keep.to(feats.device))
+        return self._spatial_decode(feats, runner)
+
+    def _tile_mode(self, h: int, w: int) -> str | None:
+        """None (untiled: tiling off, or one tile covers the h x w latent frame), else the
+        configured ``tile_mode``."""
+        tile = self.config.tile_latent_size
+        if tile is None or (h <= tile and w <= tile):
+            return None
+        return self.config.tile_mode
+
+    def _runner(self, h: int, w: int) -> TiledRunner:
+        c = self.config
+        assert c.tile_latent_size is not None
+        park = self.device if c.tile_park_device is None else torch.device(c.tile_park_device)
+        return TiledRunner(c.tile_latent_size, (h, w), self.device, park)
 
     # ------------------------------------------------------------------------------------
     # tiling
@@ -231,8 +269,12 @@ class VideoVAE(nn.Module):
         moments = []
         for s, e in plan.chunks:  # micro-chunks: groups never cross them (minimal encoding)
             chunk = video[:, :, s:e]
-            if self.config.tile_latent_size is None:
+            mode = self._tile_mode(hh // SPACE_FACTOR, ww // SPACE_FACTOR)
+            if mode is None:
                 moments.append(self._encode_region(chunk))
+            elif mode == "exact":
+                runner = self._runner(hh // SPACE_FACTOR, ww // SPACE_FACTOR)
+                moments.append(self._encode_region(chunk, runner).to(video.device))
             else:
                 moments.append(
                     self._tiled(
@@ -370,8 +412,11 @@ class VideoVAE(nn.Module):
             def run(zt: torch.Tensor, keep: torch.Tensor | None = keep) -> torch.Tensor:
                 return self._decode_region(zt, keep)
 
-            if self.config.tile_latent_size is None:
+            mode = self._tile_mode(h, ww)
+            if mode is None:
                 yield run(z[:, :, s:e])
+            elif mode == "exact":
+                yield self._decode_region(z[:, :, s:e], keep, self._runner(h, ww)).to(z.device)
             else:
                 yield self._tiled(
                     run,
