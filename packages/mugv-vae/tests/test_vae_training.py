@@ -183,6 +183,7 @@ def test_cli_train_then_eval(tmp_path, capsys) -> None:
 
 
 def _ddp_worker(rank: int, world_size: int, out: str) -> dict:
+    torch.set_num_threads(1)  # two ranks on a shared 2-core box: no oversubscription
     cfg = TrainConfig(
         output_dir=out, vae=FAST, num_frames=8, height=16, width=16, batch_size=1, steps=2,
         lr=2e-3, checkpoint_every=1000, device="cpu",
