@@ -83,9 +83,19 @@ def test_fast_run_produces_every_output(run):
     agree = done["evaluate"]["agreement"]
     assert agree["real"] == {"colour": 1.0, "direction": 1.0, "both": 1.0, "count": 4}
     assert set(agree) == {"real", "trained/t2v", "trained/i2v", "untrained/t2v", "untrained/i2v"}
+    # latent probes: fitted on the training latents, scored on every set incl. generated
+    latent = done["evaluate"]["latent"]
+    assert set(latent) == set(agree) | {"real (training latents)"}
+    assert latent["real (training latents)"]["count"] == done["encode"]["samples"]
+    assert all(latent[k]["count"] == 4 for k in agree)
+    # the untrained DiT's output stays near the unit noise it starts from; real latents don't
+    assert latent["untrained/t2v"]["std"] > 0.8 > latent["real"]["std"]
+    gen_latent = np.load(out / "generate" / "trained" / "t2v" / f"{prompts[0]['id']}.npy")
+    assert gen_latent.shape == tuple(done["encode"]["latent_shape"])
 
     # report, contact sheet and loss curves
     report = (out / "report" / "report.md").read_text()
+    assert "trained > untrained?" in report and "latent space, no decoder" in report
     for heading in ("Does generation follow the captions?", "Training", "Curation",
                     "Time per stage", "contact_sheet.png", "loss_curves.png"):  # fmt: skip
         assert heading in report

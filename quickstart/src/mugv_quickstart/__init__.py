@@ -5,7 +5,9 @@ Entry points:
 - ``run_quickstart(out, config)`` and ``STAGES``; ``QuickstartConfig`` (presets ``full``,
   ``fast``);
 - the synthetic set: ``SetConfig``, ``make_set``, ``render_clip``, ``load_set``;
-- the measures: ``classify_colour``, ``estimate_direction``, ``agreement``, ``psnr``.
+- the measures: ``classify_colour``, ``estimate_direction``, ``agreement``, ``psnr``;
+  latent-space caption probes ``fit_latent_probes`` (``LatentProbes``, ``LinearProbe``,
+  ``latent_colour``, ``latent_motion``, ``caption_labels``).
 
 Names are imported lazily, so ``import mugv_quickstart`` does not load torch (the command
 sets OpenMP's environment before torch starts).
@@ -30,16 +32,28 @@ _EXPORTS = {
     "estimate_direction": "mugv_quickstart.measure",
     "agreement": "mugv_quickstart.measure",
     "psnr": "mugv_quickstart.measure",
+    "fit_latent_probes": "mugv_quickstart.latent_probe",
+    "LatentProbes": "mugv_quickstart.latent_probe",
+    "LinearProbe": "mugv_quickstart.latent_probe",
+    "latent_colour": "mugv_quickstart.latent_probe",
+    "latent_motion": "mugv_quickstart.latent_probe",
+    "caption_labels": "mugv_quickstart.latent_probe",
 }
 
 __all__ = [
     "STAGES",
+    "LatentProbes",
+    "LinearProbe",
     "QuickstartConfig",
     "SetConfig",
     "__version__",
     "agreement",
+    "caption_labels",
     "classify_colour",
     "estimate_direction",
+    "fit_latent_probes",
+    "latent_colour",
+    "latent_motion",
     "load_set",
     "make_set",
     "psnr",

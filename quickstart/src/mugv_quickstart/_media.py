@@ -32,6 +32,18 @@ def write_text(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_npy(path: Path, array: np.ndarray) -> Path:
+    """Write ``array`` as ``.npy`` atomically."""
+    tmp = atomic_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_mp4(path: Path, frames: np.ndarray, fps: float, crf: int = 12) -> Path:
     """Encode ``frames`` [N, H, W, 3] uint8 as H.264 (yuv420p) to ``path``, atomically.
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mugv_quickstart import measure, report
-from mugv_quickstart._media import read_mp4, write_mp4, write_text
+from mugv_quickstart import latent_probe, measure, report
+from mugv_quickstart._media import read_mp4, write_mp4, write_npy, write_text
 from mugv_quickstart.config import QuickstartConfig
 from mugv_quickstart.runner import RunContext, Stage
 from mugv_quickstart.synthetic import Clip, load_frames, load_set, make_set
@@ -281,6 +281,9 @@ def _generate_set(pipe, clips: list[Clip], synth_dir: Path, cfg: QuickstartConfi
                   log) -> None:  # fmt: skip
     """T2V (all prompts in one batch) and I2V (first frame of the held-out clip) MP4s.
 
+    Next to each MP4 the sampler's final latent [C, T, h, w] (``.npy``), for the
+    latent-space probes of the evaluation (they do not depend on the VAE decoder).
+
     No classifier-free guidance: mugv-train's caption dropout replaces captions by its own
     null embedding, which the exported model does not carry, so an unconditional branch
     at inference would see text the model never saw. Files are written with the quickstart's byte-deterministic writer: the same frames
@@ -294,18 +297,20 @@ def _generate_set(pipe, clips: list[Clip], synth_dir: Path, cfg: QuickstartConfi
         progress=False,
     )  # fmt: skip
     t2v = folder / "t2v"
-    if not all((t2v / f"{c.id}.mp4").is_file() for c in clips):
+    if not all((t2v / f"{c.id}{ext}").is_file() for c in clips for ext in (".mp4", ".npy")):
         out = pipe([c.caption for c in clips], seed=cfg.seed, **common)
-        for c, frames in zip(clips, out.videos, strict=True):
+        for c, frames, latent in zip(clips, out.videos, out.latents, strict=True):
             write_mp4(t2v / f"{c.id}.mp4", frames, d.fps)
+            write_npy(t2v / f"{c.id}.npy", latent.float().cpu().numpy())
     log(f"    {folder.name}: {len(clips)} T2V clips")
     for k, c in enumerate(clips):
         path = folder / "i2v" / f"{c.id}.mp4"
-        if path.is_file():
+        if path.is_file() and path.with_suffix(".npy").is_file():
             continue
         first = load_frames(synth_dir, c)[0]
         out = pipe(c.caption, image=first, seed=cfg.seed + 1 + k, **common)
         write_mp4(path, out.videos[0], d.fps)
+        write_npy(path.with_suffix(".npy"), out.latents[0].float().cpu().numpy())
     log(f"    {folder.name}: {len(clips)} I2V clips")
 
 
@@ -361,7 +366,42 @@ def evaluate(ctx: RunContext, folder: Path) -> dict[str, Any]:
         ctx.log(f"    {name:<16} colour {report.percent(score.colour):>4}  "
                 f"direction {report.percent(score.direction):>4}  both {report.percent(score.both)}")  # fmt: skip
     write_text(folder / "per_clip.json", json.dumps(per_clip, indent=1) + "\n")
-    return {"agreement": results}
+    latent = _latent_agreement(ctx, prompts, expected)
+    return {"agreement": results, "latent": latent}
+
+
+def _latent_agreement(ctx: RunContext, prompts: list[dict], expected: list[tuple[str, str]]):
+    """Latent-space probes (see ``latent_probe``): fitted on the real training latents of
+    the shards, scored on real held-out latents and on what each DiT generated."""
+    from mugv_data import open_shards
+    from mugv_vae import VideoVAE
+
+    train_latents, train_labels = [], []
+    for sample in open_shards(ctx.folder("encode") / "shards"):
+        train_latents.append(sample["latent"].float().numpy())
+        train_labels.append(latent_probe.caption_labels(sample["caption"]))
+    probes = latent_probe.fit_latent_probes(np.stack(train_latents), train_labels)
+    vae = VideoVAE.from_pretrained(ctx.folder("vae") / ctx.summary("vae")["model"]).eval()
+    synth_dir = ctx.folder("synth")
+    clips = {c.id: c for c in load_set(synth_dir)}
+    with torch.no_grad():
+        real = [vae.encode(_frames_tensor(load_frames(synth_dir, clips[p["id"]])))[0].numpy()
+                for p in prompts]  # fmt: skip
+    sets = {"real (training latents)": np.stack(train_latents), "real": np.stack(real)}
+    labels = {"real (training latents)": train_labels}
+    gen = ctx.folder("generate")
+    for model in ("trained", "untrained"):
+        for task in ("t2v", "i2v"):
+            sets[f"{model}/{task}"] = np.stack(
+                [np.load(gen / model / task / f"{p['id']}.npy") for p in prompts]
+            )
+    results = {}
+    for name, latents in sets.items():
+        score = measure.agreement(probes.predict(latents), labels.get(name, expected))
+        results[name] = {**dataclasses.asdict(score), "std": float(latents.std())}
+        ctx.log(f"    latent {name:<23} colour {report.percent(score.colour):>4}  "
+                f"direction {report.percent(score.direction):>4}  both {report.percent(score.both)}")  # fmt: skip
+    return results
 
 
 # -- 8. report --------------------------------------------------------------------------
@@ -419,6 +459,32 @@ def render_markdown(ctx: RunContext, names: list[str], cfg: QuickstartConfig) ->
             ],
         ),
         "",
+        "## Does the DiT's output follow the captions? (latent space, no decoder)",
+        "",
+        "Linear probes fitted on the real training latents of the shards (labels from "
+        "their captions): colour from position-free latent statistics, direction from the "
+        "track of the latent foreground. The real row shows what the probes read from real "
+        "latents of unseen captions; the DiT rows apply them to the latents each DiT "
+        "generated for those captions (before the VAE decoder). Chance is 25% for each. "
+        "Latent std: the spread of the latents (the sampler starts from unit noise; real "
+        "latents have the VAE's spread).",
+        "",
+        report.table(
+            ["latents", "colour agrees", "direction agrees", "both", "latent std"],
+            [
+                [
+                    name,
+                    report.percent(a["colour"]),
+                    report.percent(a["direction"]),
+                    report.percent(a["both"]),
+                    f"{a['std']:.3f}",
+                ]
+                for name, a in s["evaluate"]["latent"].items()
+            ],
+        ),
+        "",
+        *verdict_lines(s["evaluate"]["latent"], agree),
+        "",
         "## Training",
         "",
         report.table(
@@ -469,6 +535,20 @@ def render_markdown(ctx: RunContext, names: list[str], cfg: QuickstartConfig) ->
         "",
     ]
     return "\n".join(lines)
+
+
+def verdict_lines(latent: dict[str, dict], pixel: dict[str, dict]) -> list[str]:
+    """Plain sentences: does the trained DiT beat the untrained one, per measure and task?"""
+    lines = []
+    for space, scores in (("latent", latent), ("pixel", pixel)):
+        for task in ("t2v", "i2v"):
+            t, u = scores[f"trained/{task}"], scores[f"untrained/{task}"]
+            parts = []
+            for key in ("colour", "direction"):
+                word = "yes" if t[key] > u[key] else "no"
+                parts.append(f"{key} {report.percent(t[key])} vs {report.percent(u[key])} ({word})")
+            lines.append(f"- {space}, {task.upper()}: trained > untrained? " + "; ".join(parts))
+    return lines
 
 
 STAGES: tuple[Stage, ...] = (
