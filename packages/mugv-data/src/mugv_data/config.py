@@ -102,7 +102,8 @@ class MotionConfig:
     backend: str = "farneback"
     """``farneback`` (OpenCV, works offline) or ``raft`` (torchvision RAFT, needs weights)."""
     raft_weights: str | None = None
-    """Path to torchvision RAFT-large weights (``.pth``) for ``backend = "raft"``."""
+    """Path to a torchvision ``raft_large`` or ``raft_small`` state dict (``.pth``) for
+    ``backend = "raft"``; frames with a side under 128 px are upscaled for RAFT."""
     max_side: int | None = None
     """Resize frames to this longer side before flow (magnitudes scale with size); None = native."""
 

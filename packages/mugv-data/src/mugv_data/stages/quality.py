@@ -3,9 +3,10 @@
 Sharpness: variance of OpenCV's Laplacian of the grey frame (kept in [200, 2000] by
 default), averaged over frames spread over the clip. Motion: mean optical-flow magnitude in
 pixels per frame over three evenly spaced consecutive-frame pairs (start, middle, end),
-averaged (kept in [1, 20]); OpenCV Farneback by default, torchvision RAFT when weights are
-given. Perceptual hash: 64-bit DCT hash (32x32 grey, top-left 8x8 DCT block against its
-median) of a few frames, for near-duplicate search.
+averaged (kept in [1, 20]); OpenCV Farneback by default, torchvision RAFT (large or
+small) when weights are given (frames with a side under 128 px are upscaled for RAFT and
+the flow is scaled back to input pixels). Perceptual hash: 64-bit DCT hash (32x32 grey,
+top-left 8x8 DCT block against its median) of a few frames, for near-duplicate search.
 """
 
 from __future__ import annotations
@@ -63,35 +64,82 @@ def _farneback(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(flow, axis=-1).mean())
 
 
-_RAFT_CACHE: dict[str, object] = {}
+_RAFT_CACHE: dict[tuple[str, int, int], object] = {}
+
+RAFT_MIN_SIDE = 128
+"""RAFT's 8x feature maps feed a 4-level correlation pyramid: shorter sides below this are
+upscaled (bilinear) before flow, and the flow is scaled back to input pixels."""
+
+
+def load_raft(weights: str):
+    """A torchvision RAFT (large or small, told apart by the state dict) from a ``.pth`` file."""
+    try:
+        from torchvision.models.optical_flow import raft_large, raft_small
+    except ImportError:
+        raise ImportError(
+            "motion.backend='raft' needs torchvision (pip install 'mugv-data[raft]'); "
+            "or use motion.backend='farneback'"
+        ) from None
+    import os
+
+    import torch
+
+    if not weights or not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"motion.raft_weights: no file at {weights!r}; set it to a torchvision RAFT "
+            "state dict (.pth, raft_large or raft_small) or use motion.backend='farneback'"
+        )
+    st = os.stat(weights)
+    key = (os.path.abspath(weights), st.st_mtime_ns, st.st_size)
+    model = _RAFT_CACHE.get(key)
+    if model is not None:
+        return model
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"motion.raft_weights: {weights!r} is not a readable torch state dict ({e}); "
+            "save one with torch.save(model.state_dict(), path)"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"motion.raft_weights: {weights!r} holds a {type(state).__name__}, not a state dict; "
+            "save one with torch.save(model.state_dict(), path)"
+        )
+    for build in (raft_large, raft_small):
+        model = build(weights=None, progress=False)
+        if set(model.state_dict()) == set(state):
+            model.load_state_dict(state)
+            model.eval()
+            _RAFT_CACHE[key] = model
+            return model
+    raise ValueError(
+        f"motion.raft_weights: {weights!r} is not a torchvision raft_large or raft_small "
+        "state dict (its keys match neither)"
+    )
 
 
 def _raft(a: np.ndarray, b: np.ndarray, weights: str) -> float:
-    try:
-        from torchvision.models.optical_flow import raft_large
-    except ImportError:
-        raise ImportError(
-            "motion.backend='raft' needs torchvision (pip install torchvision); "
-            "or use motion.backend='farneback'"
-        ) from None
     import torch
+    import torch.nn.functional as F
 
-    model = _RAFT_CACHE.get(weights)
-    if model is None:
-        model = raft_large(weights=None, progress=False)
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        model.eval()
-        _RAFT_CACHE[weights] = model
+    model = load_raft(weights)
+    h, w = a.shape[:2]
+    scale = max(1.0, RAFT_MIN_SIDE / min(h, w))
+    sh, sw = max(RAFT_MIN_SIDE, round(h * scale)), max(RAFT_MIN_SIDE, round(w * scale))
 
     def prep(x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(x).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        h, w = t.shape[-2:]
-        return torch.nn.functional.pad(t, (0, (-w) % 8, 0, (-h) % 8), mode="replicate")
+        t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].float()
+        t = t / 127.5 - 1.0
+        if (sh, sw) != (h, w):
+            t = F.interpolate(t, size=(sh, sw), mode="bilinear", align_corners=False)
+        return F.pad(t, (0, (-sw) % 8, 0, (-sh) % 8), mode="replicate")
 
     with torch.inference_mode():
-        flow = model(prep(a), prep(b))[-1][0]
-    h, w = a.shape[:2]
-    return float(flow[:, :h, :w].norm(dim=0).mean())
+        flow = model(prep(a), prep(b))[-1][0, :, :sh, :sw]
+    # Back to input pixels per frame: x components scale by w/sw, y by h/sh.
+    flow = flow * torch.tensor([w / sw, h / sh]).view(2, 1, 1)
+    return float(flow.norm(dim=0).mean())
 
 
 def motion(pairs: list[tuple[np.ndarray, np.ndarray]], cfg: MotionConfig) -> float:
