@@ -84,24 +84,10 @@ def test_aesthetic_stage_drops_below_threshold(tiny_clip, synthetic_set, tmp_pat
     assert "below" in dropped[0]["reason"]
 
 
-@pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory):
-    """A tiny LLaVA (CLIP vision tower + Llama text model) with a word-level tokenizer.
-
-    Qwen2-VL's processor needs torchvision for its video processor, which this workspace
-    does not install, so the transformers backend is tested with LLaVA, the same
-    AutoProcessor / AutoModelForImageTextToText path. The final norm is zeroed so every
-    logit is 0 and greedy decoding always emits token 0, "yes": a model whose answer is
-    known.
-    """
+def _word_tokenizer(special: list[str], **kwargs):
+    """A word-level fast tokenizer over a few words; token 0 is "yes"."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (
-        CLIPImageProcessor,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import PreTrainedTokenizerFast
 
     words = [
         "yes",
@@ -123,10 +109,21 @@ def tiny_vlm(tmp_path_factory):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>",
-        pad_token="<pad>", additional_special_tokens=["<image>"],
-    )  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", additional_special_tokens=special, **kwargs
+    )
+
+
+def _tiny_llava():
+    """A tiny LLaVA (CLIP vision tower + Llama text model) with a word-level tokenizer."""
+    from transformers import (
+        CLIPImageProcessor,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    fast = _word_tokenizer(["<image>"], bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     template = (
         "{% for m in messages %}{{ m['role'] }} : {% for c in m['content'] %}"
         "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %} "
@@ -149,11 +146,69 @@ def tiny_vlm(tmp_path_factory):
         image_token_index=fast.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
         vision_feature_select_strategy="default", pad_token_id=fast.pad_token_id,
     )  # fmt: skip
+    return LlavaForConditionalGeneration(cfg), proc
+
+
+def _tiny_qwen2_vl():
+    """A tiny Qwen2-VL (1-block vision tower, 1-layer Qwen2 text model with M-RoPE).
+
+    Images are resized to 56x56: 4x4 patches of 14 px, merged 2x2 into 4 image tokens.
+    """
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    special = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    fast = _word_tokenizer(special, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    template = (
+        "{% for m in messages %}{{ m['role'] }} : {% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+        "{% else %}{{ c['text'] }}{% endif %}{% endfor %} "
+        "{% endfor %}{% if add_generation_prompt %}assistant : {% endif %}"
+    )
+    pix = dict(
+        min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    proc = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pix), tokenizer=fast,
+        video_processor=Qwen2VLVideoProcessor(**pix), chat_template=template,
+    )  # fmt: skip
+    ids = fast.convert_tokens_to_ids
+    cfg = Qwen2VLConfig(
+        vision_config=dict(
+            depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+        ),
+        text_config=dict(
+            vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+            bos_token_id=None, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+        ),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )  # fmt: skip
+    return Qwen2VLForConditionalGeneration(cfg), proc
+
+
+@pytest.fixture(scope="module", params=["llava", "qwen2_vl"])
+def tiny_vlm(request, tmp_path_factory):
+    """A tiny randomly initialised VLM saved with its processor, built offline.
+
+    Both run the same AutoProcessor / AutoModelForImageTextToText path. The final norm is
+    zeroed so every logit is 0 and greedy decoding always emits token 0, "yes": a model
+    whose answer is known.
+    """
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(cfg).eval()
+    model, proc = {"llava": _tiny_llava, "qwen2_vl": _tiny_qwen2_vl}[request.param]()
+    model.eval()
     with torch.no_grad():
         model.model.language_model.norm.weight.zero_()
-    d = tmp_path_factory.mktemp("tiny_vlm")
+    d = tmp_path_factory.mktemp(f"tiny_{request.param}")
     model.save_pretrained(d)
     proc.save_pretrained(d)
     return d
@@ -178,7 +233,8 @@ def test_vlm_stage_answers_and_prompts(tiny_vlm):
 
         def __call__(self, **kwargs):
             seen.update(kwargs)
-            return self.inner(**kwargs)
+            seen["out"] = self.inner(**kwargs)
+            return seen["out"]
 
         def __getattr__(self, name):
             return getattr(self.inner, name)
@@ -186,6 +242,9 @@ def test_vlm_stage_answers_and_prompts(tiny_vlm):
     vlm.processor = Spy(vlm.processor)
     vlm.caption(frames)
     assert len(seen["images"]) == 2 and "describe this clip ." in seen["text"][0]
+    # Each frame expands to 4 image tokens in both tiny models (2x2 patches, or 4x4 merged 2x2).
+    image_id = vlm.processor.tokenizer.convert_tokens_to_ids(vlm.processor.image_token)
+    assert int((seen["out"]["input_ids"] == image_id).sum()) == 2 * 4
 
 
 def test_vlm_stages_in_the_pipeline(tiny_vlm, synthetic_set, tmp_path):
