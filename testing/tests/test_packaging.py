@@ -85,7 +85,10 @@ def test_no_machine_paths_or_registry_hosts():
         text=True,
         check=True,
     ).stdout.split()
-    pattern = re.compile(r"(/work/main|/root/|/home/\w+/|pypi\.org|pythonhosted\.org|/opt/pypi)")
+    # This checkout's own absolute path, home folders, and package-registry hosts.
+    pattern = re.compile(
+        rf"({re.escape(str(ROOT))}|/root/|/home/\w+/|pypi\.org|pythonhosted\.org|/opt/pypi)"
+    )
     hits = []
     for rel in files:
         if rel == "uv.lock" or rel == Path(__file__).relative_to(ROOT).as_posix():
