@@ -167,6 +167,38 @@ def _cp_group() -> torch.distributed.ProcessGroup | None:
     return parallel_state.get_context_parallel_group()
 
 
+def _build_norms_attention_proj(
+    module: nn.Module,
+    config: TransformerConfig,
+    submodules: SelfAttentionSubmodules | CrossAttentionSubmodules,
+) -> None:
+    """The parts self- and cross-attention share: q/k RMSNorm, core attention, row-parallel
+    output projection (registered in this order, after the input projections)."""
+    head_dim = config.hidden_size // config.num_attention_heads
+    for name in ("q_layernorm", "k_layernorm"):
+        norm = build_module(
+            getattr(submodules, name),
+            config=config,
+            hidden_size=head_dim,
+            eps=config.layernorm_epsilon,
+        )
+        setattr(module, name, norm)
+    module.core_attention = build_module(submodules.core_attention, config=config)
+    module.linear_proj = build_module(
+        submodules.linear_proj,
+        config.hidden_size,
+        config.hidden_size,
+        config=config,
+        init_method=config.output_layer_init_method,
+        bias=True,
+        input_is_parallel=True,
+        skip_bias_add=True,
+        is_expert=False,
+        tp_comm_buffer_name="proj",
+        tp_group=_tp_group(),
+    )
+
+
 class MUGSelfAttention(MegatronModule):
     """qkv projection, q/k RMSNorm, 3D RoPE, bidirectional attention, output projection."""
 
@@ -188,32 +220,7 @@ class MUGSelfAttention(MegatronModule):
             tp_comm_buffer_name="qkv",
             tp_group=_tp_group(),
         )
-        self.q_layernorm = build_module(
-            submodules.q_layernorm,
-            config=config,
-            hidden_size=self.head_dim,
-            eps=config.layernorm_epsilon,
-        )
-        self.k_layernorm = build_module(
-            submodules.k_layernorm,
-            config=config,
-            hidden_size=self.head_dim,
-            eps=config.layernorm_epsilon,
-        )
-        self.core_attention = build_module(submodules.core_attention, config=config)
-        self.linear_proj = build_module(
-            submodules.linear_proj,
-            d,
-            d,
-            config=config,
-            init_method=config.output_layer_init_method,
-            bias=True,
-            input_is_parallel=True,
-            skip_bias_add=True,
-            is_expert=False,
-            tp_comm_buffer_name="proj",
-            tp_group=_tp_group(),
-        )
+        _build_norms_attention_proj(self, config, submodules)
 
     def forward(
         self,
@@ -271,32 +278,7 @@ class MUGCrossAttention(MegatronModule):
             tp_comm_buffer_name="kv",
             **common,
         )
-        self.q_layernorm = build_module(
-            submodules.q_layernorm,
-            config=config,
-            hidden_size=self.head_dim,
-            eps=config.layernorm_epsilon,
-        )
-        self.k_layernorm = build_module(
-            submodules.k_layernorm,
-            config=config,
-            hidden_size=self.head_dim,
-            eps=config.layernorm_epsilon,
-        )
-        self.core_attention = build_module(submodules.core_attention, config=config)
-        self.linear_proj = build_module(
-            submodules.linear_proj,
-            d,
-            d,
-            config=config,
-            init_method=config.output_layer_init_method,
-            bias=True,
-            input_is_parallel=True,
-            skip_bias_add=True,
-            is_expert=False,
-            tp_comm_buffer_name="proj",
-            tp_group=_tp_group(),
-        )
+        _build_norms_attention_proj(self, config, submodules)
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor
