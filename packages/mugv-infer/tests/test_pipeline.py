@@ -165,6 +165,44 @@ def test_final_latents_equal_official_loop(pipe, task):
         assert torch.equal(out.latents[:, :, 0], ref[:, :, 0])  # conditioning frame clean
 
 
+def test_null_caption_guidance_equals_official_loop(pipe, tmp_path):
+    """CFG against a trained null caption (caption dropout): the unconditional branch is
+    the null embedding's first S rows under the prompt's own mask, as in training."""
+    from safetensors.torch import save_file
+
+    from mugv_infer import NULL_TEXT_FILE, load_null_text
+
+    g = torch.Generator().manual_seed(11)
+    null = torch.randn(300, 384, generator=g) / 384**0.5
+    save_file({"null_text": null}, str(tmp_path / NULL_TEXT_FILE))
+    loaded = load_null_text(tmp_path)
+    assert torch.equal(loaded, null)
+    out = _generate(pipe, negative_embedding=loaded, guidance=3.0, output_type="latent")
+    emb, mask = pipe.text_encoder(["a red fox runs through snow aesthetic score: 6.0."])
+    s = emb.shape[1]
+    text = torch.cat([emb, null[None, :s]])
+    text_mask = torch.cat([mask, mask])
+    gen = torch.Generator().manual_seed(7)
+    z = torch.randn(1, 24, 3, H // 8, W // 8, generator=gen)
+    with torch.no_grad():
+        expected = _official_loop(pipe.dit, text, text_mask, z, torch.ones(1, 3), H, W, STEPS, 3.0)
+    assert_close(out.latents, expected, name="null-caption CFG latents")
+    # and it is not the text-negative result
+    text_neg = _generate(pipe, guidance=3.0, output_type="latent").latents
+    assert not torch.allclose(out.latents, text_neg)
+
+
+def test_null_caption_errors(pipe, tmp_path):
+    from mugv_infer import load_null_text
+
+    with pytest.raises(FileNotFoundError, match="without a null caption"):
+        load_null_text(tmp_path)
+    with pytest.raises(ValueError, match=r"negative_embedding must be \[tokens, 384\]"):
+        _generate(pipe, negative_embedding=torch.zeros(8, 16))
+    with pytest.raises(ValueError, match="null_text_tokens"):
+        _generate(pipe, negative_embedding=torch.zeros(2, 384))
+
+
 def test_mp4_frame_count_size_fps_and_reference_frame(pipe, tmp_path):
     image = _image()
     out = _generate(pipe, image=image, output_type="mp4", output_path=tmp_path / "clip.mp4")

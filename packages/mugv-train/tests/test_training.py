@@ -143,3 +143,30 @@ def test_nonfinite_losses_are_skipped_then_stop(megatron_tp1, tmp_path, monkeypa
     monkeypatch.setattr(loop, "_objective", nan_loss)
     with pytest.raises(NonFiniteLossError, match="3 consecutive"):
         train(tiny_train_config(shards, tmp_path / "out", steps=6, max_nonfinite_steps=3))
+
+
+def test_exports_carry_the_null_caption_only_with_caption_dropout(megatron_tp1, tmp_path):
+    """The null embedding caption dropout trained against travels with both exports (for
+    CFG at inference); it is the seed's randn / sqrt(E) (official drop_emb, §G.3)."""
+    from safetensors.torch import load_file
+
+    from mugv_train import EMAConfig, ObjectiveConfig, null_text_embedding, train
+    from mugv_train.loop import NULL_TEXT_FILE
+
+    torch.set_num_threads(1)
+    shards = tiny_shards(tmp_path / "shards")
+    cfg = tiny_train_config(
+        shards, tmp_path / "drop", steps=2, ema=EMAConfig(decay=0.9),
+        objective=ObjectiveConfig(caption_dropout=0.5),
+    )  # fmt: skip
+    result = train(cfg)
+    expected = null_text_embedding(cfg)
+    assert expected.shape == (cfg.data.null_text_tokens, cfg.model.text_dim)
+    g = torch.Generator().manual_seed(cfg.seed)
+    independent = torch.randn(8, 16, generator=g) / 4.0  # E = 16
+    torch.testing.assert_close(expected, independent, rtol=0, atol=0)
+    for folder in (result.export_dir, result.ema_export_dir):
+        saved = load_file(str(Path(folder) / NULL_TEXT_FILE))["null_text"]
+        torch.testing.assert_close(saved, expected, rtol=0, atol=0)
+    plain = train(tiny_train_config(shards, tmp_path / "plain", steps=2))
+    assert not (Path(plain.export_dir) / NULL_TEXT_FILE).exists()

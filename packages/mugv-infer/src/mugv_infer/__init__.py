@@ -27,7 +27,7 @@ from mugv_infer.parallel import (
     init_parallel,
     ulysses_attention,
 )
-from mugv_infer.pipeline import GenerationOutput, MUGVPipeline
+from mugv_infer.pipeline import NULL_TEXT_FILE, GenerationOutput, MUGVPipeline, load_null_text
 from mugv_infer.presets import (
     ASPECT_RATIOS_720P,
     DURATIONS,
@@ -52,6 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ASPECT_RATIOS_720P",
     "DURATIONS",
+    "NULL_TEXT_FILE",
     "OFFICIAL_NEGATIVE_PROMPT",
     "BlockOffload",
     "CFGZeroStar",
@@ -73,6 +74,7 @@ __all__ = [
     "frame_conditioning",
     "init_parallel",
     "initial_noise",
+    "load_null_text",
     "preprocess_image",
     "psnr",
     "read_mp4",

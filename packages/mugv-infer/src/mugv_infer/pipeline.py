@@ -422,6 +422,7 @@ class MUGVPipeline:
         image: ImageInput | None = None,
         images: Mapping[int, ImageInput] | None = None,
         negative_prompt: str | Sequence[str] | None = OFFICIAL_NEGATIVE_PROMPT,
+        negative_embedding: torch.Tensor | None = None,
         aspect: str = "16:9",
         resolution: str = "720p",
         duration: str | int = "5s",
@@ -448,6 +449,11 @@ class MUGVPipeline:
             images: latent frame index -> image for any set of conditioning frames (e.g.
                 {0: first, -1: last}); each is encoded alone like the reference image.
             negative_prompt: the CFG branch text (official fixed string; None = no CFG).
+            negative_embedding: the CFG branch as text features [S_null, E] instead of a
+                text: the null caption a model was trained against with caption dropout
+                (``load_null_text``). Its first S rows are used with each prompt's own
+                mask (caption dropout keeps caption lengths); ``negative_prompt`` is then
+                ignored.
             aspect, resolution: official size table ("H:W" keys, "16:9" is 1280 x 720
                 portrait); ``height``/``width`` override it.
             duration: "5s" (105 frames), "3s" (73) or a frame count.
@@ -498,15 +504,23 @@ class MUGVPipeline:
         timings: dict[str, float] = {}
         guide = as_guidance(guidance)
         use_cfg = guide.needs_uncond()
-        if use_cfg and negative_prompt is None:
-            raise ValueError("guidance needs a negative_prompt (or pass guidance=None)")
+        if use_cfg and negative_prompt is None and negative_embedding is None:
+            raise ValueError(
+                "guidance needs a negative_prompt or a negative_embedding (or pass guidance=None)"
+            )
+        if negative_embedding is not None:
+            _check_negative_embedding(negative_embedding, self.dit)
 
         try:
             # 1. text: [prompts, negatives] in one batch
             t0 = time.perf_counter()
-            emb, mask = self.encode_prompt(
-                prompts, negative_prompt if use_cfg else None, aes_score=aes_score
-            )
+            if use_cfg and negative_embedding is not None:
+                emb, mask = self.encode_prompt(prompts, None, aes_score=aes_score)
+                emb, mask = _with_null_branch(emb, mask, negative_embedding)
+            else:
+                emb, mask = self.encode_prompt(
+                    prompts, negative_prompt if use_cfg else None, aes_score=aes_score
+                )
             timings["text"] = time.perf_counter() - t0
 
             # 2. conditioning frames: reference latents drawn first from the generator
@@ -764,3 +778,49 @@ def _load_text_encoder(
             f"network access (`huggingface-cli download {name}`), pass a local folder, or "
             "pass text_encoder= a loaded encoder"
         ) from exc
+
+
+#: File a trained model folder carries its caption-dropout null embedding in (key
+#: ``null_text``); mugv-train writes it into its exports when caption dropout is on.
+NULL_TEXT_FILE = "null_text.safetensors"
+
+
+def load_null_text(folder: str | os.PathLike[str]) -> torch.Tensor:
+    """The null caption [S_null, E] a model folder carries (``NULL_TEXT_FILE``): the
+    ``negative_embedding`` for classifier-free guidance of a model trained with caption
+    dropout (its unconditional branch saw exactly this text)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / NULL_TEXT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: the model was exported without a null caption (trained "
+            "without caption dropout?). Use a negative_prompt for guidance, or guidance=None"
+        )
+    tensors = load_file(str(path))
+    if "null_text" not in tensors:
+        raise ValueError(f"{path} has no 'null_text' tensor (keys: {sorted(tensors)})")
+    return tensors["null_text"]
+
+
+def _check_negative_embedding(null: torch.Tensor, dit: torch.nn.Module) -> None:
+    text_dim = getattr(getattr(dit, "config", None), "text_dim", None)
+    if null.ndim != 2 or (text_dim is not None and null.shape[-1] != text_dim):
+        raise ValueError(
+            f"negative_embedding must be [tokens, {text_dim}] (the null caption of "
+            f"load_null_text), got {tuple(null.shape)}"
+        )
+
+
+def _with_null_branch(
+    emb: torch.Tensor, mask: torch.Tensor, null: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[prompts, null] text: the null caption's first S rows under each prompt's mask."""
+    b, s, _ = emb.shape
+    if null.shape[0] < s:
+        raise ValueError(
+            f"negative_embedding has {null.shape[0]} tokens, fewer than the {s} the text "
+            "encoder gives; train with DataConfig.null_text_tokens >= the text length"
+        )
+    uncond = null[:s].to(emb)[None].expand(b, -1, -1)
+    return torch.cat([emb, uncond]), torch.cat([mask, mask])

@@ -35,7 +35,14 @@ from mugv_train.config import (
 from mugv_train.ema import OnlineEMA, post_hoc_ema, post_hoc_ema_from_exports
 from mugv_train.flops import dit_flops_per_sample, dit_forward_flops
 from mugv_train.growth import grow_width
-from mugv_train.loop import NonFiniteLossError, TrainResult, export_mugv_dit, train
+from mugv_train.loop import (
+    NULL_TEXT_FILE,
+    NonFiniteLossError,
+    TrainResult,
+    export_mugv_dit,
+    null_text_embedding,
+    train,
+)
 from mugv_train.parallel import (
     MegatronMUGDiT,
     dit_to_megatron,
@@ -49,6 +56,7 @@ from mugv_train.synthetic import write_synthetic_shards
 __version__ = "0.1.0"
 
 __all__ = [
+    "NULL_TEXT_FILE",
     "RECIPES",
     "CheckpointConfig",
     "CheckpointError",
@@ -75,6 +83,7 @@ __all__ = [
     "lr_at",
     "megatron_to_dit",
     "mugdit_layer_spec",
+    "null_text_embedding",
     "post_hoc_ema",
     "post_hoc_ema_from_exports",
     "train",

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,16 +296,49 @@ def _forward_backward(
     return loss, per_sample
 
 
+#: File an export folder carries the caption-dropout null embedding in (key ``null_text``).
+NULL_TEXT_FILE = "null_text.safetensors"
+
+
+def null_text_embedding(config: TrainConfig) -> torch.Tensor:
+    """The null caption [null_text_tokens, text_dim] that caption dropout substitutes.
+
+    Like the official ``drop_emb`` (reference §G.3) it is randn / sqrt(E), fixed (not
+    trained), drawn from ``config.seed``, so every rank and every resume gets the same one.
+    A model trained with caption dropout saw exactly this as its unconditional text; the
+    exports carry it (``NULL_TEXT_FILE``) for classifier-free guidance at inference.
+    """
+    return torch.randn(
+        config.data.null_text_tokens,
+        config.model.text_dim,
+        generator=torch.Generator().manual_seed(config.seed),
+    ) / math.sqrt(config.model.text_dim)
+
+
 def export_mugv_dit(
-    model: MegatronMUGDiT, out_dir: Path, state: dict[str, torch.Tensor] | None = None
+    model: MegatronMUGDiT,
+    out_dir: Path,
+    state: dict[str, torch.Tensor] | None = None,
+    null_text: torch.Tensor | None = None,
 ) -> Path:
-    """Write the model (or ``state``, a full Megatron state dict) in the mugv-dit layout."""
+    """Write the model (or ``state``, a full Megatron state dict) in the mugv-dit layout.
+
+    ``null_text``: the caption-dropout null embedding, written next to the weights as
+    ``NULL_TEXT_FILE`` (the unconditional branch of classifier-free guidance).
+    """
+    from safetensors.torch import save_file
+
     from mugv_dit import MUGDiT
 
     full = full_state_dict(model) if state is None else state
     dit = MUGDiT(model.dit_config)
     dit.load_state_dict(megatron_to_dit(full, model.dit_config.num_heads))
-    return Path(dit.save_pretrained(out_dir))
+    path = Path(dit.save_pretrained(out_dir))
+    if null_text is not None:
+        tmp = path / f".{NULL_TEXT_FILE}.tmp"
+        save_file({"null_text": null_text.detach().float().contiguous().cpu()}, str(tmp))
+        os.replace(tmp, path / NULL_TEXT_FILE)
+    return path
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -369,11 +403,7 @@ def train(config: TrainConfig) -> TrainResult:
         open_shard_roots(config.data.shards), config.data, dp_rank=dp_rank, dp_size=dp_size,
         seed=config.seed, total_steps=config.train_steps * config.data.microbatches,
     )  # fmt: skip
-    null_text = torch.randn(
-        config.data.null_text_tokens,
-        config.model.text_dim,
-        generator=torch.Generator().manual_seed(config.seed),
-    ) / math.sqrt(config.model.text_dim)  # the official drop_emb: randn / sqrt(E) (§G.3)
+    null_text = null_text_embedding(config)
 
     # resume
     ckpt_root = out / "checkpoints"
@@ -524,11 +554,12 @@ def train(config: TrainConfig) -> TrainResult:
         full = merged_state_dict(model)
     else:
         full = full_state_dict(model)
+    exported_null = null_text if config.objective.caption_dropout > 0 else None
     result = TrainResult(
         out, history, skipped_nonfinite=skipped_nonfinite, skipped_corrupt=skipped_corrupt
     )
     if rank == 0:
-        result.export_dir = export_mugv_dit(model, out / "export", full)
+        result.export_dir = export_mugv_dit(model, out / "export", full, exported_null)
         (out / "history.json").write_text(json.dumps(history))
     if ema is not None:
         ema_full = {**full}
@@ -542,7 +573,9 @@ def train(config: TrainConfig) -> TrainResult:
             for k, v in backup.items():
                 model_sd[k].copy_(v)
         if rank == 0:
-            result.ema_export_dir = export_mugv_dit(model, out / "export_ema", ema_full)
+            result.ema_export_dir = export_mugv_dit(
+                model, out / "export_ema", ema_full, exported_null
+            )
     return result
 
 
