@@ -112,6 +112,20 @@ def test_resume_is_exact_with_gan_and_adaptive_stages(tmp_path) -> None:
     assert [p.name for p in resumed.checkpoints()] == ["step_0000002", "step_0000004"]
 
 
+def test_posterior_logvar_init_sets_the_initial_posterior_noise(tmp_path) -> None:
+    clip = synthetic_clip(7, 8, 16, 16)[None]
+    default = VAETrainer(_config(tmp_path / "d", steps=0)).model
+    low = VAETrainer(_config(tmp_path / "l", steps=0, posterior_logvar_init=-6.0)).model
+    with torch.no_grad():
+        mean_d, logvar_d = default.encode_moments(clip)
+        mean_l, logvar_l = low.encode_moments(clip)
+    assert abs(float(logvar_d.mean())) < 1.0  # a fresh encoder: posterior std ~1
+    assert abs(float(logvar_l.mean()) + 6.0) < 1.0 and float(logvar_l.max()) < -4.0
+    assert torch.equal(mean_d, mean_l)  # same seed, only the log-variance bias differs
+    with pytest.raises(ValueError, match="posterior_logvar_init.*init_from"):
+        TrainConfig(output_dir="x", init_from="somewhere", posterior_logvar_init=-6.0)
+
+
 def test_train_config_checks() -> None:
     with pytest.raises(ValueError, match="multiple of 8"):
         TrainConfig(output_dir="x", num_frames=12)

@@ -74,6 +74,12 @@ class TrainConfig:
     """Feature-net widths of a non-VGG16 LPIPS file (tests)."""
     adaptive_start: int | None = None
     """Step from which adaptive l1 replaces l1 (``None``: never)."""
+    posterior_logvar_init: float | None = None
+    """From-scratch runs only: start the encoder's posterior log-variance near this value
+    (the bias of ``quant_conv``'s log-variance half). A fresh encoder predicts logvar ~ 0,
+    i.e. posterior noise of std 1 against means of std ~0.1, and Adam moves that bias by
+    about ``lr`` per step, so short runs decode mostly noise; -6 (std 0.05) fixes that.
+    ``None`` keeps the default initialisation (long runs, fine-tuning)."""
     gan_start: int | None = None
     """Step from which the discriminator trains and the GAN term is on (``None``: never)."""
     disc_lr: float = 1e-4
@@ -100,6 +106,11 @@ class TrainConfig:
             raise ValueError("batch_size must be >= 1 and steps >= 0")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("checkpoint_every and log_every must be >= 1")
+        if self.posterior_logvar_init is not None and self.init_from is not None:
+            raise ValueError(
+                "posterior_logvar_init initialises a new encoder; it cannot apply with "
+                "init_from (a trained encoder already predicts its log-variance)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -150,6 +161,10 @@ class VAETrainer:
             model = VideoVAE.from_pretrained(c.init_from) if c.init_from else VideoVAE(c.vae)
             if c.sdxl_trunk:
                 model.load_diffusers_trunk(c.sdxl_trunk)
+            if c.posterior_logvar_init is not None:
+                quant = model.temporal_vae.quant_conv.conv
+                with torch.no_grad():
+                    quant.bias[model.latent_channels :] = c.posterior_logvar_init
         self.model = model.to(self.device).train()
         # parameters the forward never uses (kept for the official layout): frozen, so DDP
         # sees only parameters that receive gradients
