@@ -149,14 +149,22 @@ def curate(ctx: RunContext, folder: Path) -> dict[str, Any]:
 # -- 3. vae -----------------------------------------------------------------------------
 
 
+def _reconstruct(vae, frames: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, 3] through ``vae`` (posterior mean) and back."""
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(_frames_tensor(frames)), num_frames=len(frames))
+    return _to_uint8(rec[0])
+
+
+def _trained_vae(ctx: RunContext):
+    from mugv_vae import VideoVAE
+
+    return VideoVAE.from_pretrained(ctx.folder("vae") / ctx.summary("vae")["model"]).eval()
+
+
 def vae_psnr(vae, clips: list[np.ndarray]) -> float:
     """Mean reconstruction PSNR (dB) of ``clips`` through ``vae`` (posterior mean)."""
-    values = []
-    with torch.no_grad():
-        for frames in clips:
-            rec = vae.decode(vae.encode(_frames_tensor(frames)), num_frames=len(frames))
-            values.append(measure.psnr(_to_uint8(rec[0]), frames))
-    return float(np.mean(values))
+    return float(np.mean([measure.psnr(_reconstruct(vae, frames), frames) for frames in clips]))
 
 
 def train_vae(ctx: RunContext, folder: Path) -> dict[str, Any]:
@@ -176,6 +184,7 @@ def train_vae(ctx: RunContext, folder: Path) -> dict[str, Any]:
         num_frames=cfg.vae_crop[0], height=cfg.vae_crop[1], width=cfg.vae_crop[2],
         batch_size=cfg.vae_batch_size, steps=cfg.vae_steps, lr=cfg.vae_lr, seed=cfg.seed,
         checkpoint_every=_chunk(cfg.vae_steps), device="cpu",
+        adaptive_start=cfg.vae_adaptive_start, posterior_logvar_init=cfg.vae_logvar_init,
     )  # fmt: skip
     trainer = VAETrainer(config)  # resumes from its newest checkpoint, if any
     with torch.random.fork_rng():
@@ -278,23 +287,23 @@ def _pipeline(dit, vae, text):
 
 
 def _generate_set(pipe, clips: list[Clip], synth_dir: Path, cfg: QuickstartConfig, folder: Path,
-                  log) -> None:  # fmt: skip
+                  log, null_text: torch.Tensor | None) -> None:  # fmt: skip
     """T2V (all prompts in one batch) and I2V (first frame of the held-out clip) MP4s.
 
     Next to each MP4 the sampler's final latent [C, T, h, w] (``.npy``), for the
     latent-space probes of the evaluation (they do not depend on the VAE decoder).
 
-    No classifier-free guidance: mugv-train's caption dropout replaces captions by its own
-    null embedding, which the exported model does not carry, so an unconditional branch
-    at inference would see text the model never saw. Files are written with the quickstart's byte-deterministic writer: the same frames
-    through ``mugv_infer.write_mp4`` gave different bytes from run to run (its RGB to
-    YUV conversion), and a rerun must reproduce the files.
+    Classifier-free guidance (``cfg.guidance``) runs against ``null_text``: the null
+    caption mugv-train's caption dropout trained the unconditional branch with (its export
+    carries it). Files are written with the quickstart's byte-deterministic writer: the
+    same frames through ``mugv_infer.write_mp4`` gave different bytes from run to run (its
+    RGB to YUV conversion), and a rerun must reproduce the files.
     """
     d = cfg.data
     common = dict(
         height=d.height, width=d.width, duration=d.num_frames, steps=cfg.num_inference_steps,
-        guidance=None, negative_prompt=None, fps=d.fps, aes_score=None, output_type="np",
-        progress=False,
+        guidance=cfg.guidance, negative_prompt=None, negative_embedding=null_text, fps=d.fps,
+        aes_score=None, output_type="np", progress=False,
     )  # fmt: skip
     t2v = folder / "t2v"
     if not all((t2v / f"{c.id}{ext}").is_file() for c in clips for ext in (".mp4", ".npy")):
@@ -316,20 +325,24 @@ def _generate_set(pipe, clips: list[Clip], synth_dir: Path, cfg: QuickstartConfi
 
 def generate(ctx: RunContext, folder: Path) -> dict[str, Any]:
     from mugv_dit import MUGDiT
+    from mugv_infer import load_null_text
     from mugv_vae import VideoVAE
 
     cfg = ctx.config
     clips = _heldout(ctx)
     vae = VideoVAE.from_pretrained(ctx.folder("vae") / ctx.summary("vae")["model"])
     text = _text_encoder(cfg.text_max_length)
-    trained = MUGDiT.from_pretrained(ctx.folder("dit") / ctx.summary("dit")["export"])
+    export = ctx.folder("dit") / ctx.summary("dit")["export"]
+    trained = MUGDiT.from_pretrained(export)
+    # The untrained DiT is guided against the same null caption (a fixed tensor of the seed).
+    null_text = load_null_text(export) if cfg.guidance is not None else None
     _generate_set(_pipeline(trained, vae, text), clips, ctx.folder("synth"), cfg,
-                  folder / "trained", ctx.log)  # fmt: skip
+                  folder / "trained", ctx.log, null_text)  # fmt: skip
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)  # the same initialisation the training started from
         untrained = MUGDiT(trained.config)
     _generate_set(_pipeline(untrained, vae, text), clips, ctx.folder("synth"), cfg,
-                  folder / "untrained", ctx.log)  # fmt: skip
+                  folder / "untrained", ctx.log, null_text)  # fmt: skip
     prompts = [{"id": c.id, "caption": c.caption, "colour": c.colour, "direction": c.direction,
                 "shape": c.shape} for c in clips]  # fmt: skip
     write_text(folder / "prompts.json", json.dumps(prompts, indent=1) + "\n")
@@ -347,15 +360,20 @@ def evaluate(ctx: RunContext, folder: Path) -> dict[str, Any]:
     per_clip = []
     synth_dir = ctx.folder("synth")
     clips = {c.id: c for c in load_set(synth_dir)}
-    sets = {"real": None}
+    vae = _trained_vae(ctx)
+    sets: dict[str, Any] = {"real": "real", "real, VAE reconstruction": "vae"}
     for model in ("trained", "untrained"):
         for task in ("t2v", "i2v"):
             sets[f"{model}/{task}"] = gen / model / task
     for name, where in sets.items():
         predicted = []
         for p in prompts:
-            frames = (load_frames(synth_dir, clips[p["id"]]) if where is None
-                      else read_mp4(where / f"{p['id']}.mp4")[0])  # fmt: skip
+            if where == "real":
+                frames = load_frames(synth_dir, clips[p["id"]])
+            elif where == "vae":  # the ceiling of any DiT decoded by this VAE
+                frames = _reconstruct(vae, load_frames(synth_dir, clips[p["id"]]))
+            else:
+                frames = read_mp4(where / f"{p['id']}.mp4")[0]
             colour = measure.classify_colour(frames)
             direction = measure.estimate_direction(frames, colour)
             predicted.append((colour, direction))
@@ -374,14 +392,13 @@ def _latent_agreement(ctx: RunContext, prompts: list[dict], expected: list[tuple
     """Latent-space probes (see ``latent_probe``): fitted on the real training latents of
     the shards, scored on real held-out latents and on what each DiT generated."""
     from mugv_data import open_shards
-    from mugv_vae import VideoVAE
 
     train_latents, train_labels = [], []
     for sample in open_shards(ctx.folder("encode") / "shards"):
         train_latents.append(sample["latent"].float().numpy())
         train_labels.append(latent_probe.caption_labels(sample["caption"]))
     probes = latent_probe.fit_latent_probes(np.stack(train_latents), train_labels)
-    vae = VideoVAE.from_pretrained(ctx.folder("vae") / ctx.summary("vae")["model"]).eval()
+    vae = _trained_vae(ctx)
     synth_dir = ctx.folder("synth")
     clips = {c.id: c for c in load_set(synth_dir)}
     with torch.no_grad():
@@ -444,7 +461,14 @@ def render_markdown(ctx: RunContext, names: list[str], cfg: QuickstartConfig) ->
         "",
         "Colour: dominant hue of the saturated pixels. Direction: centroid track of that "
         "colour's pixels. Chance is 25% for each; the real held-out clips show what a perfect "
-        "model scores.",
+        "model scores, their reconstructions through the trained VAE what any DiT can score "
+        "through this decoder. "
+        + (
+            f"Generation: {cfg.num_inference_steps} Euler steps, classifier-free guidance "
+            f"{cfg.guidance} against the null caption the DiT was trained with (caption dropout)."
+            if cfg.guidance is not None
+            else f"Generation: {cfg.num_inference_steps} Euler steps, no guidance."
+        ),
         "",
         report.table(
             ["clips", "colour agrees", "direction agrees", "both"],
