@@ -126,6 +126,15 @@ def test_posterior_logvar_init_sets_the_initial_posterior_noise(tmp_path) -> Non
         TrainConfig(output_dir="x", init_from="somewhere", posterior_logvar_init=-6.0)
 
 
+def test_warmup_ramps_the_learning_rate_linearly(tmp_path) -> None:
+    trainer = VAETrainer(_config(tmp_path, steps=5, warmup_steps=4, lr=1e-3))
+    history = trainer.train()
+    assert [m["lr"] for m in history] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert trainer.opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        TrainConfig(output_dir="x", warmup_steps=-1)
+
+
 def test_train_config_checks() -> None:
     with pytest.raises(ValueError, match="multiple of 8"):
         TrainConfig(output_dir="x", num_frames=12)

@@ -62,6 +62,9 @@ class TrainConfig:
     """Clips per step and per rank."""
     steps: int = 100
     lr: float = 1e-3
+    warmup_steps: int = 0
+    """Linear learning-rate warmup from lr / warmup_steps to lr over the first steps (the
+    discriminator's too); 0 = none."""
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -102,6 +105,8 @@ class TrainConfig:
             )
         if not self.decode_windows or min(self.decode_windows) < 1:
             raise ValueError(f"decode_windows must be positive, got {self.decode_windows}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.batch_size < 1 or self.steps < 0:
             raise ValueError("batch_size must be >= 1 and steps >= 0")
         if self.checkpoint_every < 1 or self.log_every < 1:
@@ -255,6 +260,11 @@ class VAETrainer:
         r = c.decode_windows[int(torch.randint(0, len(c.decode_windows), (1,), generator=g))]
         return min(r, c.num_frames // 8)
 
+    def lr_scale(self, step: int) -> float:
+        """Warmup factor of ``step`` (0-based): (step + 1) / warmup_steps, capped at 1."""
+        w = self.config.warmup_steps
+        return 1.0 if w == 0 else min(1.0, (step + 1) / w)
+
     def train_step(self) -> dict[str, float]:
         c = self.config
         step = self.step
@@ -270,6 +280,12 @@ class VAETrainer:
         total, parts = self.loss(
             recon, video, mean, logvar, adaptive=adaptive, logits_fake=logits_fake
         )
+        scale = self.lr_scale(step)
+        for group in self.opt.param_groups:
+            group["lr"] = c.lr * scale
+        if self.disc_opt is not None:
+            for group in self.disc_opt.param_groups:
+                group["lr"] = c.disc_lr * scale
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
@@ -293,6 +309,7 @@ class VAETrainer:
             window=window,
             psnr=psnr(recon.detach().clamp(-1, 1), video),
             grad_norm=float(grad_norm),
+            lr=c.lr * scale,
             adaptive=float(adaptive),
         )
         return parts
