@@ -46,6 +46,10 @@ def main() -> None:
         f"{100 * a['both']:.0f}% |"
         for name, a in agree.items()
     )
+    latent = "\n".join(
+        f"| {name} | {100 * a['colour']:.0f}% | {100 * a['direction']:.0f}% | {a['std']:.3f} |"
+        for name, a in done["evaluate"]["summary"]["latent"].items()
+    )
     vae = done["vae"]["summary"]
     body = f"""Preset `{"fast" if args.fast else "full"}`, seed 0, 1 torch thread. Stage times of
 the run that finished each stage (a shared machine's load inflates them).
@@ -60,6 +64,12 @@ Caption agreement of generated clips ({agree["real"]["count"]} held-out captions
 | clips | colour | direction | both |
 |---|---|---|---|
 {acc}
+
+Latent probes (linear, fitted on the real training latents; no decoder involved):
+
+| latents | colour | direction | latent std |
+|---|---|---|---|
+{latent}
 
 VAE held-out PSNR: {vae["psnr_heldout"]:.2f} dB (untrained {vae["psnr_untrained"]:.2f} dB).
 GPU: not measured on GPU (the quickstart is a CPU program).

@@ -32,9 +32,9 @@ from mugv_quickstart.config import QuickstartConfig
 from mugv_quickstart.runner import RunContext, Stage
 from mugv_quickstart.synthetic import Clip, load_frames, load_set, make_set
 
-# Curation thresholds for these clips: a static grey texture with one 13 px object moving
-# ~1.5 px/frame gives a whole-frame mean optical flow of ~0.3 px/frame (a still clip:
-# ~0.001) and a Laplacian variance of 150-300 (the blurred clip: ~8). The synthetic
+# Curation thresholds for these clips: a static grey texture with one 15 px object moving
+# ~1.3 px/frame gives a whole-frame mean optical flow of 0.15-0.6 px/frame (a still clip:
+# ~0.0003) and a Laplacian variance of 80-300 (the blurred clip: ~5). The synthetic
 # preset's buckets (48x64, 17 frames at 16 fps) fit the clips as they are.
 CURATION_OVERRIDES = {
     "default": {"sharpness": {"min": 50.0, "max": 5000.0}, "motion": {"min": 0.05, "max": 3.0}},
@@ -180,7 +180,9 @@ def train_vae(ctx: RunContext, folder: Path) -> dict[str, Any]:
             shutil.copyfile(path, clips / path.name)
     held = [load_frames(ctx.folder("synth"), c) for c in _heldout(ctx)]
     config = TrainConfig(
-        output_dir=str(folder / "train"), vae=VAEConfig.preset("debug"), data=str(clips),
+        output_dir=str(folder / "train"), data=str(clips),
+        vae=VAEConfig.preset("debug", layers_per_block=cfg.vae_blocks,
+                             temporal_num_res_blocks=cfg.vae_blocks),
         num_frames=cfg.vae_crop[0], height=cfg.vae_crop[1], width=cfg.vae_crop[2],
         batch_size=cfg.vae_batch_size, steps=cfg.vae_steps, lr=cfg.vae_lr, seed=cfg.seed,
         checkpoint_every=_chunk(cfg.vae_steps), device="cpu",
@@ -262,6 +264,7 @@ def train_dit(ctx: RunContext, folder: Path) -> dict[str, Any]:
         train_steps=cfg.dit_steps,
         seed=cfg.seed,
         data=dataclasses.replace(base.data, batch_size=cfg.dit_batch_size),
+        objective=dataclasses.replace(base.objective, timestep_shift=cfg.timestep_shift),
         optim=dataclasses.replace(base.optim, lr=cfg.dit_lr, min_lr=cfg.dit_lr / 10,
                                   warmup_steps=min(base.optim.warmup_steps, cfg.dit_steps // 10)),
         checkpoint=dataclasses.replace(base.checkpoint, save_every=max(50, cfg.dit_steps // 4)),
@@ -280,10 +283,12 @@ def train_dit(ctx: RunContext, folder: Path) -> dict[str, Any]:
 # -- 6. generate ------------------------------------------------------------------------
 
 
-def _pipeline(dit, vae, text):
-    from mugv_infer import MUGVPipeline
+def _pipeline(dit, vae, text, cfg: QuickstartConfig):
+    from mugv_infer import FlowEulerSampler, MUGVPipeline
 
-    return MUGVPipeline(dit=dit.eval(), vae=vae.eval(), text_encoder=text, device="cpu")
+    sampler = FlowEulerSampler(num_steps=cfg.num_inference_steps, shift=cfg.timestep_shift)
+    return MUGVPipeline(dit=dit.eval(), vae=vae.eval(), text_encoder=text, sampler=sampler,
+                        device="cpu")  # fmt: skip
 
 
 def _generate_set(pipe, clips: list[Clip], synth_dir: Path, cfg: QuickstartConfig, folder: Path,
@@ -336,12 +341,12 @@ def generate(ctx: RunContext, folder: Path) -> dict[str, Any]:
     trained = MUGDiT.from_pretrained(export)
     # The untrained DiT is guided against the same null caption (a fixed tensor of the seed).
     null_text = load_null_text(export) if cfg.guidance is not None else None
-    _generate_set(_pipeline(trained, vae, text), clips, ctx.folder("synth"), cfg,
+    _generate_set(_pipeline(trained, vae, text, cfg), clips, ctx.folder("synth"), cfg,
                   folder / "trained", ctx.log, null_text)  # fmt: skip
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)  # the same initialisation the training started from
         untrained = MUGDiT(trained.config)
-    _generate_set(_pipeline(untrained, vae, text), clips, ctx.folder("synth"), cfg,
+    _generate_set(_pipeline(untrained, vae, text, cfg), clips, ctx.folder("synth"), cfg,
                   folder / "untrained", ctx.log, null_text)  # fmt: skip
     prompts = [{"id": c.id, "caption": c.caption, "colour": c.colour, "direction": c.direction,
                 "shape": c.shape} for c in clips]  # fmt: skip
@@ -463,11 +468,14 @@ def render_markdown(ctx: RunContext, names: list[str], cfg: QuickstartConfig) ->
         "colour's pixels. Chance is 25% for each; the real held-out clips show what a perfect "
         "model scores, their reconstructions through the trained VAE what any DiT can score "
         "through this decoder. "
+        + f"Generation: {cfg.num_inference_steps} Euler steps "
+        + ("with" if cfg.timestep_shift else "without")
+        + " the official timestep shift (training likewise), "
         + (
-            f"Generation: {cfg.num_inference_steps} Euler steps, classifier-free guidance "
-            f"{cfg.guidance} against the null caption the DiT was trained with (caption dropout)."
+            f"classifier-free guidance {cfg.guidance} against the null caption the DiT was "
+            "trained with (caption dropout)."
             if cfg.guidance is not None
-            else f"Generation: {cfg.num_inference_steps} Euler steps, no guidance."
+            else "no guidance."
         ),
         "",
         report.table(

@@ -2,7 +2,7 @@
 
 Every clip shows a single object of one colour (red / green / blue / yellow), one shape
 (square / circle / triangle), moving in one direction (left / right / up / down) at
-1.2-1.7 px per frame over a static, unsaturated grey texture. The caption names the
+1.1-1.6 px per frame over a static, unsaturated, low-contrast grey texture. The caption names the
 three attributes, so what a generated clip shows can be checked against its caption
 (``mugv_quickstart.measure``): the object is the only saturated region of a frame.
 
@@ -133,10 +133,14 @@ def _upsample(grid: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Unsaturated grey texture [H, W, 3] float in 0-255: coarse blobs plus fine grain."""
+    """Unsaturated grey texture [H, W, 3] float in 0-255: coarse blobs plus fine grain.
+
+    Low contrast (about +-13 grey levels): with a busy background a tiny VAE trained for a
+    few minutes spends itself on the texture and decodes the object grey.
+    """
     coarse = _upsample(rng.uniform(-1, 1, (h // 8 + 2, w // 8 + 2)), h, w)
     fine = _upsample(rng.uniform(-1, 1, (h // 2 + 2, w // 2 + 2)), h, w)
-    grey = rng.uniform(95, 130) + 28 * coarse + 14 * fine
+    grey = rng.uniform(95, 130) + 8.4 * coarse + 4.2 * fine
     tint = rng.uniform(-4, 4, 3)  # a barely visible colour cast (saturation stays < 0.1)
     return np.clip(grey[..., None] + tint, 0, 255)
 
@@ -172,9 +176,10 @@ def render_clip(
 ) -> np.ndarray:
     """Frames [N, H, W, 3] uint8 of one object moving over a grey texture.
 
-    The object (half-size 6-7 px) carries a diagonal stripe texture that moves with it;
-    it travels 19-26 px in total (1.2-1.7 px per frame at 17 frames) and stays inside
-    the frame. ``moving=False`` keeps it still (a clip curation must reject).
+    The object (half-size 7-8 px) carries a diagonal stripe texture that moves with it;
+    it travels 75-95% of the room its direction leaves, at most 26 px (about 18-25 px:
+    1.1-1.6 px per frame at 17 frames) and stays inside the frame. ``moving=False``
+    keeps it still (a clip curation must reject).
     """
     if colour not in COLOURS:
         raise ValueError(f"unknown colour {colour!r}; choose one of {list(COLOURS)}")
@@ -182,10 +187,11 @@ def render_clip(
         raise ValueError(f"unknown direction {direction!r}; choose one of {list(DIRECTIONS)}")
     rng = np.random.default_rng(seed)
     bg = _background(rng, height, width)
-    r = float(rng.uniform(6.0, 7.0))
-    travel = float(rng.uniform(19.0, 26.0)) if moving else 0.0
+    r = float(rng.uniform(7.0, 8.0))
     ux, uy = DIRECTIONS[direction]
     margin = 1.35 * r + 1
+    room = (width if ux else height) - 2 * margin
+    travel = float(rng.uniform(0.75, 0.95)) * min(room, 26.0) if moving else 0.0
     # Start so that the whole path stays inside the frame; the other axis is free.
     lo_x, hi_x = margin + max(0.0, -ux * travel), width - margin - max(0.0, ux * travel)
     lo_y, hi_y = margin + max(0.0, -uy * travel), height - margin - max(0.0, uy * travel)
