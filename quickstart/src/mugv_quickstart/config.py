@@ -1,6 +1,6 @@
 """`QuickstartConfig`: everything one quickstart run does, with two presets.
 
-``full`` is the README run (about 15 minutes on 2 CPU cores); ``fast`` is the reduced
+``full`` is the README run (about 12 minutes on 2 CPU cores); ``fast`` is the reduced
 run the tests use (same stages, fewer clips and steps). Training lengths are step
 counts, not time budgets, so a seed gives the same run on any machine.
 """
