@@ -122,7 +122,7 @@ def test_posterior_logvar_init_sets_the_initial_posterior_noise(tmp_path) -> Non
     assert abs(float(logvar_d.mean())) < 1.0  # a fresh encoder: posterior std ~1
     assert abs(float(logvar_l.mean()) + 6.0) < 1.0 and float(logvar_l.max()) < -4.0
     assert torch.equal(mean_d, mean_l)  # same seed, only the log-variance bias differs
-    with pytest.raises(ValueError, match="posterior_logvar_init.*init_from"):
+    with pytest.raises(ValueError, match=r"posterior_logvar_init.*init_from"):
         TrainConfig(output_dir="x", init_from="somewhere", posterior_logvar_init=-6.0)
 
 
