@@ -48,6 +48,20 @@ def test_sample_timesteps_is_logit_normal_then_shifted():
     assert ((t > 0) & (t < 1000)).all()
 
 
+def test_shift_scale_multiplies_the_ratio():
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    t = sample_timesteps(
+        8, height_px=48, width_px=64, num_latent_frames=3, generator=g1, shift_scale=16.0
+    )
+    s = torch.sigmoid(torch.randn(8, generator=g2)).double()
+    r = 16.0 * math.sqrt(48 * 64 / 512**2) * math.sqrt(3)  # 0.19 -> 3.0
+    torch.testing.assert_close(t.double(), 1000 * r * s / (1 + (r - 1) * s), rtol=1e-6, atol=1e-4)
+    from mugv_train import ObjectiveConfig
+
+    with pytest.raises(ValueError, match="timestep_shift_scale"):
+        ObjectiveConfig(timestep_shift_scale=0.0)
+
+
 def test_add_noise_hand_values_and_clean_conditioning_frames():
     x0 = torch.tensor([2.0, -1.0]).view(1, 1, 2, 1, 1)
     eps = torch.tensor([4.0, 3.0]).view(1, 1, 2, 1, 1)

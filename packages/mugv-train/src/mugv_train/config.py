@@ -117,6 +117,11 @@ class ObjectiveConfig:
     caption_dropout: float = 0.0
     """Probability of replacing a caption by the null embedding (classifier-free guidance)."""
     timestep_shift: bool = True
+    """Shift logit-normal timesteps by the resolution/length ratio r (official: on)."""
+    timestep_shift_scale: float = 1.0
+    """Extra factor on r (mugv-infer's ``FlowEulerSampler.shift_scale``; official: 1). Tiny
+    clips have r < 1, which moves training towards clean latents; a scale that lifts r
+    above 1 trains the high-noise steps where layout and motion are decided."""
     beta: float = 500.0
     """DPO / KTO temperature on the mean squared velocity error."""
     sft_weight: float = 1.0
@@ -127,6 +132,8 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
+        if self.timestep_shift_scale <= 0:
+            raise ValueError(f"timestep_shift_scale must be > 0, got {self.timestep_shift_scale}")
         if self.kind != "flow" and self.beta <= 0:
             raise ValueError(f"beta must be > 0 for {self.kind}, got {self.beta}")
 

@@ -190,6 +190,7 @@ def _prepare(
         num_latent_frames=float(t),
         generator=g,
         shift=config.objective.timestep_shift,
+        shift_scale=config.objective.timestep_shift_scale,
     )
     noise = torch.randn(x0.shape, generator=g)
     text, _ = drop_captions(

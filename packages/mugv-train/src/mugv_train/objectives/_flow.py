@@ -74,14 +74,15 @@ def sample_timesteps(
     num_latent_frames: torch.Tensor | float,
     generator: torch.Generator | None = None,
     shift: bool = True,
+    shift_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Logit-normal timesteps on 0-1000 with the resolution/length shift: float32 [B]."""
+    """Logit-normal timesteps on 0-1000 with the resolution/length shift (ratio times
+    ``shift_scale``): float32 [B]."""
     n = torch.randn(batch_size, generator=generator, dtype=torch.float32)
     t = torch.sigmoid(n) * NUM_TIMESTEPS
     if shift:
-        t = shift_timesteps(
-            t, shift_ratio(height_px, width_px, num_latent_frames).to(torch.float32)
-        )
+        ratio = shift_ratio(height_px, width_px, num_latent_frames) * shift_scale
+        t = shift_timesteps(t, ratio.to(torch.float32))
     return t
 
 
