@@ -264,7 +264,10 @@ def train_dit(ctx: RunContext, folder: Path) -> dict[str, Any]:
         train_steps=cfg.dit_steps,
         seed=cfg.seed,
         data=dataclasses.replace(base.data, batch_size=cfg.dit_batch_size),
-        objective=dataclasses.replace(base.objective, timestep_shift=cfg.timestep_shift),
+        objective=dataclasses.replace(
+            base.objective, timestep_shift=cfg.timestep_shift_scale is not None,
+            timestep_shift_scale=cfg.timestep_shift_scale or 1.0,
+        ),
         optim=dataclasses.replace(base.optim, lr=cfg.dit_lr, min_lr=cfg.dit_lr / 10,
                                   warmup_steps=min(base.optim.warmup_steps, cfg.dit_steps // 10)),
         checkpoint=dataclasses.replace(base.checkpoint, save_every=max(50, cfg.dit_steps // 4)),
@@ -286,7 +289,11 @@ def train_dit(ctx: RunContext, folder: Path) -> dict[str, Any]:
 def _pipeline(dit, vae, text, cfg: QuickstartConfig):
     from mugv_infer import FlowEulerSampler, MUGVPipeline
 
-    sampler = FlowEulerSampler(num_steps=cfg.num_inference_steps, shift=cfg.timestep_shift)
+    sampler = FlowEulerSampler(
+        num_steps=cfg.num_inference_steps,
+        shift=cfg.timestep_shift_scale is not None,
+        shift_scale=cfg.timestep_shift_scale or 1.0,
+    )
     return MUGVPipeline(dit=dit.eval(), vae=vae.eval(), text_encoder=text, sampler=sampler,
                         device="cpu")  # fmt: skip
 
@@ -469,8 +476,12 @@ def render_markdown(ctx: RunContext, names: list[str], cfg: QuickstartConfig) ->
         "model scores, their reconstructions through the trained VAE what any DiT can score "
         "through this decoder. "
         + f"Generation: {cfg.num_inference_steps} Euler steps "
-        + ("with" if cfg.timestep_shift else "without")
-        + " the official timestep shift (training likewise), "
+        + (
+            f"with the official timestep shift scaled by {cfg.timestep_shift_scale}"
+            if cfg.timestep_shift_scale is not None
+            else "without the timestep shift"
+        )
+        + " (training likewise), "
         + (
             f"classifier-free guidance {cfg.guidance} against the null caption the DiT was "
             "trained with (caption dropout)."
