@@ -228,9 +228,8 @@ def _chunk(steps: int) -> int:
 
 def encode(ctx: RunContext, folder: Path) -> dict[str, Any]:
     from mugv_data import encode_clips, open_shards
-    from mugv_vae import VideoVAE
 
-    vae = VideoVAE.from_pretrained(ctx.folder("vae") / ctx.summary("vae")["model"]).eval()
+    vae = _trained_vae(ctx)
     text = _text_encoder(ctx.config.text_max_length)
     encode_clips(ctx.folder("curate"), folder / "shards", vae=vae, text_encoder=text,
                  progress=True)  # fmt: skip
@@ -338,11 +337,10 @@ def _generate_set(pipe, clips: list[Clip], synth_dir: Path, cfg: QuickstartConfi
 def generate(ctx: RunContext, folder: Path) -> dict[str, Any]:
     from mugv_dit import MUGDiT
     from mugv_infer import load_null_text
-    from mugv_vae import VideoVAE
 
     cfg = ctx.config
     clips = _heldout(ctx)
-    vae = VideoVAE.from_pretrained(ctx.folder("vae") / ctx.summary("vae")["model"])
+    vae = _trained_vae(ctx)
     text = _text_encoder(cfg.text_max_length)
     export = ctx.folder("dit") / ctx.summary("dit")["export"]
     trained = MUGDiT.from_pretrained(export)
@@ -396,13 +394,14 @@ def evaluate(ctx: RunContext, folder: Path) -> dict[str, Any]:
         ctx.log(f"    {name:<16} colour {report.percent(score.colour):>4}  "
                 f"direction {report.percent(score.direction):>4}  both {report.percent(score.both)}")  # fmt: skip
     write_text(folder / "per_clip.json", json.dumps(per_clip, indent=1) + "\n")
-    latent = _latent_agreement(ctx, prompts, expected)
+    latent = _latent_agreement(ctx, vae, prompts, expected)
     return {"agreement": results, "latent": latent}
 
 
-def _latent_agreement(ctx: RunContext, prompts: list[dict], expected: list[tuple[str, str]]):
+def _latent_agreement(ctx: RunContext, vae, prompts: list[dict], expected: list[tuple[str, str]]):
     """Latent-space probes (see ``latent_probe``): fitted on the real training latents of
-    the shards, scored on real held-out latents and on what each DiT generated."""
+    the shards, scored on real held-out latents (encoded by the trained ``vae``) and on
+    what each DiT generated."""
     from mugv_data import open_shards
 
     train_latents, train_labels = [], []
@@ -410,7 +409,6 @@ def _latent_agreement(ctx: RunContext, prompts: list[dict], expected: list[tuple
         train_latents.append(sample["latent"].float().numpy())
         train_labels.append(latent_probe.caption_labels(sample["caption"]))
     probes = latent_probe.fit_latent_probes(np.stack(train_latents), train_labels)
-    vae = _trained_vae(ctx)
     synth_dir = ctx.folder("synth")
     clips = {c.id: c for c in load_set(synth_dir)}
     with torch.no_grad():
