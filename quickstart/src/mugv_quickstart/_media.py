@@ -47,7 +47,9 @@ def write_npy(path: Path, array: np.ndarray) -> Path:
 def write_mp4(path: Path, frames: np.ndarray, fps: float, crf: int = 12) -> Path:
     """Encode ``frames`` [N, H, W, 3] uint8 as H.264 (yuv420p) to ``path``, atomically.
 
-    One encoder thread and fixed options, so the same frames give the same bytes.
+    One encoder thread and fixed options, so the same frames give the same bytes. x264's
+    lookahead and macroblock tree are off: with them the same frames gave different bytes
+    for some low-contrast clips depending on process state.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -63,7 +65,12 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float, crf: int = 12) -> Path
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
             stream.thread_count = 1
-            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+            stream.options = {
+                "crf": str(crf),
+                "preset": "medium",
+                "threads": "1",
+                "x264-params": "no-mbtree=1:rc-lookahead=0",
+            }
             for img in frames:
                 frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(img), format="yuv420p")
                 for packet in stream.encode(frame):
