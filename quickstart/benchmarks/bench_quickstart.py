@@ -59,7 +59,7 @@ the run that finished each stage (a shared machine's load inflates them).
 {rows}
 | **total** | **{total:.1f}** ({total / 60:.1f} min; target <= 15 min on 2 cores) |
 
-Caption agreement of generated clips ({agree["real"]["count"]} held-out captions; chance 25%):
+Caption agreement of generated clips ({agree["real"]["count"]} held-out clips; chance 25%):
 
 | clips | colour | direction | both |
 |---|---|---|---|

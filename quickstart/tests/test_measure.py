@@ -8,6 +8,7 @@ from mugv_quickstart.measure import (
     agreement,
     classify_colour,
     estimate_direction,
+    p_above_chance,
     psnr,
 )
 from mugv_quickstart.synthetic import (
@@ -83,3 +84,16 @@ def test_psnr_known_values():
         psnr(a, a[:2])
     with pytest.raises(ValueError, match="uint8"):
         classify_colour(np.zeros((2, 8, 8, 3), np.float32))
+
+
+def test_p_above_chance_known_values():
+    # 16 of 16 at chance 1/4: 4^-16; 0 of n: certain; 4 of 16: P(X >= 4), X ~ Bin(16, 1/4).
+    assert p_above_chance(1.0, 16) == pytest.approx(0.25**16)
+    assert p_above_chance(0.0, 16) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    draws = (rng.random((200_000, 16)) < 0.25).sum(1)
+    assert p_above_chance(4 / 16, 16) == pytest.approx((draws >= 4).mean(), abs=0.005)
+    # More clips at the same agreement: stronger evidence.
+    assert p_above_chance(0.5, 32) < p_above_chance(0.5, 16) < 0.05
+    with pytest.raises(ValueError, match="count >= 1"):
+        p_above_chance(0.5, 0)

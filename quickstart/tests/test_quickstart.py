@@ -99,7 +99,10 @@ def test_fast_run_produces_every_output(run):
 
     # report, contact sheet and loss curves
     report = (out / "report" / "report.md").read_text()
-    assert "trained > untrained?" in report and "latent space, no decoder" in report
+    assert "latent space, no decoder" in report
+    # one verdict line per space and task, with the binomial p-value of the trained DiT
+    verdicts = [ln for ln in report.splitlines() if ", 4 clips: colour " in ln]
+    assert len(verdicts) == 4 and all("(p = " in ln and "direction" in ln for ln in verdicts)
     for heading in ("Does generation follow the captions?", "Training", "Curation",
                     "Time per stage", "contact_sheet.png", "loss_curves.png"):  # fmt: skip
         assert heading in report

@@ -32,3 +32,23 @@ def test_loss_curves_png(tmp_path):
 
 def test_table():
     assert table(["a", "b"], [[1, 2]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
+
+
+def test_verdict_needs_chance_and_the_untrained_model_beaten():
+    from mugv_quickstart.stages import verdict_lines
+
+    def row(colour, direction, count=32):
+        return {"colour": colour, "direction": direction, "both": 0.0, "count": count}
+
+    scores = {
+        "trained/t2v": row(0.5, 11 / 32),  # P(Bin(32, 1/4) >= 16) = 0.0020; >= 11: 0.15
+        "untrained/t2v": row(0.25, 0.25),
+        "trained/i2v": row(0.5, 0.5),
+        "untrained/i2v": row(0.25, 0.5),  # beats chance too: not shown for direction
+    }
+    lines = verdict_lines(scores, scores)
+    assert len(lines) == 4
+    t2v, i2v = lines[0], lines[1]
+    assert "colour 50% (p = 0.002; untrained 25%): shown" in t2v
+    assert "direction 34% (p = 0.15; untrained 25%): not shown" in t2v
+    assert "direction 50% (p = 0.002; untrained 50%): not shown" in i2v

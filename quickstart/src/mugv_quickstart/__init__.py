@@ -5,7 +5,7 @@ Entry points:
 - ``run_quickstart(out, config)`` and ``STAGES``; ``QuickstartConfig`` (presets ``full``,
   ``fast``);
 - the synthetic set: ``SetConfig``, ``make_set``, ``render_clip``, ``load_set``;
-- the measures: ``classify_colour``, ``estimate_direction``, ``agreement``, ``psnr``;
+- the measures: ``classify_colour``, ``estimate_direction``, ``agreement``, ``p_above_chance``, ``psnr``;
   latent-space caption probes ``fit_latent_probes`` (``LatentProbes``, ``LinearProbe``,
   ``latent_colour``, ``latent_motion``, ``caption_labels``).
 
@@ -31,6 +31,7 @@ _EXPORTS = {
     "classify_colour": "mugv_quickstart.measure",
     "estimate_direction": "mugv_quickstart.measure",
     "agreement": "mugv_quickstart.measure",
+    "p_above_chance": "mugv_quickstart.measure",
     "psnr": "mugv_quickstart.measure",
     "fit_latent_probes": "mugv_quickstart.latent_probe",
     "LatentProbes": "mugv_quickstart.latent_probe",
@@ -56,6 +57,7 @@ __all__ = [
     "latent_motion",
     "load_set",
     "make_set",
+    "p_above_chance",
     "psnr",
     "render_clip",
     "run_quickstart",

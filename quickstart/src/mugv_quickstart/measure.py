@@ -7,6 +7,9 @@
   a least-squares line through the track gives the travel, its larger axis and sign the
   direction (left / right / up / down), with "none" below ``min_travel`` pixels.
 - ``psnr``: peak signal-to-noise ratio of uint8 frames.
+- ``p_above_chance``: how likely an agreement at least this high is for a model that
+  guesses (one-sided exact binomial test against 25%), so a report can tell a real effect
+  from luck on a few dozen clips.
 
 On clean synthetic clips both measures agree with the captions on every clip; on noise
 they agree at chance or below (tests check both).
@@ -16,6 +19,7 @@ Dimension legend: N frames, H/W frame height/width.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,6 +155,25 @@ def agreement(predicted: list[tuple[str, str]], expected: list[tuple[str, str]])
         both=sum(a and b for a, b in zip(col, dirn)) / n,
         count=n,
     )
+
+
+CHANCE = 1.0 / len(DIRECTIONS)
+"""Agreement of a guesser, for colour and for direction (four values each)."""
+
+
+def p_above_chance(fraction: float, count: int, chance: float = CHANCE) -> float:
+    """One-sided exact binomial p-value: P(at least ``fraction * count`` of ``count``
+    clips agree) when each agrees with probability ``chance``."""
+    if count < 1 or not 0.0 <= fraction <= 1.0 or not 0.0 < chance < 1.0:
+        raise ValueError(
+            f"need count >= 1, fraction in [0, 1] and chance in (0, 1), got {count}, "
+            f"{fraction}, {chance}"
+        )
+    k = round(fraction * count)
+    return float(
+        sum(math.comb(count, i) * chance**i * (1 - chance) ** (count - i)
+            for i in range(k, count + 1))
+    )  # fmt: skip
 
 
 def psnr(actual: np.ndarray, expected: np.ndarray) -> float:

@@ -524,6 +524,9 @@ def render_markdown(ctx: RunContext, names: list[str], cfg: QuickstartConfig) ->
             ],
         ),
         "",
+        "Does the trained DiT follow the captions? Shown means more often than chance "
+        "(one-sided exact binomial test, p < 0.05) and than the untrained DiT:",
+        "",
         *verdict_lines(s["evaluate"]["latent"], agree),
         "",
         "## Training",
@@ -579,16 +582,21 @@ def render_markdown(ctx: RunContext, names: list[str], cfg: QuickstartConfig) ->
 
 
 def verdict_lines(latent: dict[str, dict], pixel: dict[str, dict]) -> list[str]:
-    """Plain sentences: does the trained DiT beat the untrained one, per measure and task?"""
+    """Plain sentences: does the trained DiT follow the captions beyond chance, and beyond
+    the untrained one, per measure and task? ``p``: one-sided exact binomial test of the
+    trained agreement against chance (``measure.p_above_chance``); "shown" needs p < 0.05
+    and more agreement than the untrained DiT."""
     lines = []
     for space, scores in (("latent", latent), ("pixel", pixel)):
         for task in ("t2v", "i2v"):
             t, u = scores[f"trained/{task}"], scores[f"untrained/{task}"]
             parts = []
             for key in ("colour", "direction"):
-                word = "yes" if t[key] > u[key] else "no"
-                parts.append(f"{key} {report.percent(t[key])} vs {report.percent(u[key])} ({word})")
-            lines.append(f"- {space}, {task.upper()}: trained > untrained? " + "; ".join(parts))
+                p = measure.p_above_chance(t[key], t["count"])
+                word = "shown" if p < 0.05 and t[key] > u[key] else "not shown"
+                parts.append(f"{key} {report.percent(t[key])} (p = {p:.2g}; untrained "
+                             f"{report.percent(u[key])}): {word}")  # fmt: skip
+            lines.append(f"- {space}, {task.upper()}, {t['count']} clips: " + "; ".join(parts))
     return lines
 
 
