@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from mugv_testing import assert_close
 from mugv_vae import (
     LPIPS,
+    LossWeights,
     TrainConfig,
     VAEConfig,
     VAETrainer,
@@ -229,3 +231,91 @@ def test_ddp_two_gloo_ranks_stay_in_sync(tmp_path) -> None:
     assert res[0]["loss"] != res[1]["loss"]
     assert res[0]["weights"] == res[1]["weights"]
     assert (tmp_path / "ddp" / "final" / "model.safetensors").is_file()
+
+
+def _changed(before: dict, after: dict, prefix: str) -> bool:
+    return any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix))
+
+
+def test_trunk_steps_train_the_trunk_alone_then_freeze_trunk_the_temporal_stage(tmp_path):
+    cfg = _config(tmp_path, steps=5, trunk_steps=3, trunk_frames=4, freeze_trunk=True,
+                  checkpoint_every=3, posterior_logvar_init=-6.0)  # fmt: skip
+    trainer = VAETrainer(cfg)
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    hist = trainer.train(steps=3)
+    mid = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert [m.get("trunk") for m in hist] == [1.0, 1.0, 1.0]
+    assert _changed(start, mid, "spatial_vae.") and not _changed(start, mid, "temporal_vae.")
+    # the trunk steps are the image autoencoder: loss = l1 + mse of frames through the trunk
+    frames = trainer._frames.batch(2, 0, 4)  # the frames of the third step
+    assert frames.shape == (4, 3, 1, 16, 16)
+    hist = trainer.train()
+    end = trainer.model.state_dict()
+    assert [m.get("trunk") for m in hist] == [None, None]
+    assert _changed(mid, end, "temporal_vae.") and not _changed(mid, end, "spatial_vae.")
+    # resuming inside the video phase from the step-3 checkpoint repeats the same steps
+    other = dataclasses.replace(cfg, output_dir=str(tmp_path / "b"))
+    VAETrainer(other).train(steps=3)
+    resumed = VAETrainer(other)
+    assert resumed.step == 3
+    hist_b = resumed.train()
+    assert [m["total"] for m in hist_b] == [m["total"] for m in hist]
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(v, end[k]), k
+
+
+def test_trunk_step_loss_is_the_image_autoencoder_loss(tmp_path):
+    trainer = VAETrainer(_config(tmp_path, steps=1, trunk_steps=1, trunk_frames=3))
+    model = VideoVAE(FAST)
+    model.load_state_dict(trainer.model.state_dict())
+    from mugv_vae._video_io import ClipSource
+
+    frames = ClipSource(1, 16, 16, seed=1).batch(0, 0, 3)  # seed + 1, as the trainer draws
+    with torch.no_grad():
+        recon = model._spatial_decode(model._spatial_encode(frames))
+    expected = (recon - frames).abs().mean() + ((recon - frames) ** 2).mean()
+    (m,) = trainer.train()
+    assert m["total"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_feature_loss_matches_trunk_features_and_decoded_latents(tmp_path):
+    trainer = VAETrainer(_config(tmp_path, steps=1, loss=LossWeights(feature=2.0)))
+    model = VideoVAE(FAST)
+    model.load_state_dict(trainer.model.state_dict())
+    video = trainer.data.batch(0, 0, 2)
+    with torch.no_grad():
+        mean, _ = model.encode_moments(video)
+        target = model.trunk_features(video)
+        feature = ((model.decode_features(mean) - target) ** 2).mean()
+    (m,) = trainer.train()
+    assert m["feature"] == pytest.approx(float(feature), rel=1e-5)
+    assert m["total"] == pytest.approx(m["l1"] + m["mse"] + 1e-6 * m["kl"] + 2.0 * m["feature"],
+                                       rel=1e-5)  # fmt: skip
+
+
+def test_trunk_features_and_decode_features_agree_with_the_whole_model():
+    torch.manual_seed(0)
+    model = VideoVAE(FAST).eval()
+    video = torch.rand(1, 3, 17, 16, 16) * 2 - 1  # 1 (mod 8): frame 0 replicated
+    with torch.no_grad():
+        mean, logvar = model.encode_moments(video)
+        feats = model.trunk_features(video)
+        assert feats.shape[2] == 24
+        moments = model._temporal_encode(feats)
+        m, lv = moments.chunk(2, 1)
+        assert_close(m, mean)
+        assert_close(lv.clamp(*model.config.logvar_clamp), logvar)
+        # the features each latent decodes to, through the 2D decoder = decode with window 1
+        pix = model._spatial_decode(model.decode_features(mean))
+        assert_close(pix, model.decode(model.normalize(mean), window=1), atol=1e-5, rtol=1e-5)
+        assert_close(model.trunk_roundtrip(video[:, :, :2]),
+                     model._spatial_decode(model._spatial_encode(video[:, :, :2])))  # fmt: skip
+
+
+def test_trunk_and_feature_options_are_checked():
+    with pytest.raises(ValueError, match="trunk_steps must be in"):
+        TrainConfig(output_dir="x", steps=3, trunk_steps=4)
+    with pytest.raises(ValueError, match="trunk_frames"):
+        TrainConfig(output_dir="x", trunk_frames=0)
+    with pytest.raises(ValueError, match=r"loss\.feature"):
+        TrainConfig(output_dir="x", loss=LossWeights(feature=-1.0))

@@ -213,6 +213,12 @@ class LossWeights:
     """lambda: weight of the KL term."""
     gan: float = 0.05
     """gamma: weight of the generator GAN term (final stage only, kept small)."""
+    feature: float = 0.0
+    """Weight of the feature-matching term (``VAETrainer``; 0 = off): MSE between the
+    temporal stage's decode of the posterior mean (each latent alone,
+    ``VideoVAE.decode_features``) and the 2D trunk's features of the clip
+    (``VideoVAE.trunk_features``, no gradient). A dense target for a fresh temporal stage
+    on a trained trunk, which otherwise learns to pass object detail only slowly."""
 
 
 class VAELoss(nn.Module):

@@ -291,6 +291,44 @@ class VideoVAE(nn.Module):
         mean, logvar = torch.cat(moments, dim=2).chunk(2, dim=1)
         return mean, logvar.clamp(*self.config.logvar_clamp)
 
+    # ------------------------------------------------------------------------------------
+    # the two stages on their own (training: trunk pre-training, feature matching)
+    # ------------------------------------------------------------------------------------
+    def trunk_features(self, video: torch.Tensor) -> torch.Tensor:
+        """The 2D trunk's scaled features [B, C, 8T, h, w] of ``video`` [B, 3, N, H, W], on
+        the frame grid the temporal encoder sees: frame 0 replicated for N = 1 (mod 8),
+        zero features in front of a micro-chunk that is not a multiple of 8. So
+        ``_temporal_encode`` of them gives :meth:`encode_moments`. Untiled."""
+        video = self._check_video(video).to(self.dtype)
+        plan = frame_plan(video.shape[2], self.config.micro_frame_size)
+        if plan.replicate:
+            first = video[:, :, :1].expand(-1, -1, plan.replicate, -1, -1)
+            video = torch.cat([first, video], dim=2)
+        feats = []
+        for s, e in plan.chunks:
+            f = self._spatial_encode(video[:, :, s:e])
+            pad = (-(e - s)) % TIME_FACTOR
+            if pad:
+                f = torch.cat([f.new_zeros(*f.shape[:2], pad, *f.shape[3:]), f], dim=2)
+            feats.append(f)
+        return torch.cat(feats, dim=2)
+
+    def decode_features(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled trunk features [B, C, 8T, h, w] from un-normalised latents
+        [B, 24, T, h, w] (e.g. the posterior mean), each latent decoded alone (window 1):
+        what the 2D decoder turns into :meth:`decode` ``(normalize(z), window=1)``."""
+        self._check_latents(z)
+        b, c, t, h, w = z.shape
+        out = self._temporal_decode(z.transpose(1, 2).reshape(b * t, c, 1, h, w))
+        out = out.reshape(b, t, out.shape[1], TIME_FACTOR, h, w).transpose(1, 2)
+        return out.reshape(b, out.shape[1], TIME_FACTOR * t, h, w)
+
+    def trunk_roundtrip(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames [B, 3, N, H, W] through the 2D trunk alone (encoder, then decoder), no
+        temporal stage: the image autoencoder the trunk is pre-trained as."""
+        frames = self._check_video(frames).to(self.dtype)
+        return self._spatial_decode(self._spatial_encode(frames))
+
     def sample_posterior(
         self,
         mean: torch.Tensor,

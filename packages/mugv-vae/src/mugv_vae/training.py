@@ -83,6 +83,17 @@ class TrainConfig:
     i.e. posterior noise of std 1 against means of std ~0.1, and Adam moves that bias by
     about ``lr`` per step, so short runs decode mostly noise; -6 (std 0.05) fixes that.
     ``None`` keeps the default initialisation (long runs, fine-tuning)."""
+    trunk_steps: int = 0
+    """The first ``trunk_steps`` of ``steps`` train the 2D trunk alone, as an image
+    autoencoder (l1 + MSE with the ``loss`` weights) on ``trunk_frames`` random frames of
+    the clips per step; the video steps follow. The paper starts the VAE from a trained
+    image VAE (SDXL's); this stands in for it when there is none (``sdxl_trunk`` loads
+    one). Single process only."""
+    trunk_frames: int = 16
+    """Frames per trunk step (each from a randomly drawn clip)."""
+    freeze_trunk: bool = False
+    """Video steps train the temporal stage only; the 2D trunk stays as it is after the
+    trunk steps (or as loaded). Single process only."""
     gan_start: int | None = None
     """Step from which the discriminator trains and the GAN term is on (``None``: never)."""
     disc_lr: float = 1e-4
@@ -111,6 +122,15 @@ class TrainConfig:
             raise ValueError("batch_size must be >= 1 and steps >= 0")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("checkpoint_every and log_every must be >= 1")
+        if self.trunk_steps < 0 or self.trunk_steps > self.steps:
+            raise ValueError(
+                f"trunk_steps must be in [0, steps={self.steps}] (they are the first steps "
+                f"of the run), got {self.trunk_steps}"
+            )
+        if self.trunk_frames < 1:
+            raise ValueError(f"trunk_frames must be >= 1, got {self.trunk_frames}")
+        if self.loss.feature < 0:
+            raise ValueError(f"loss.feature must be >= 0, got {self.loss.feature}")
         if self.posterior_logvar_init is not None and self.init_from is not None:
             raise ValueError(
                 "posterior_logvar_init initialises a new encoder; it cannot apply with "
@@ -181,6 +201,16 @@ class VAETrainer:
             *trunk.decoder.conv_in.parameters(),
         ):
             unused.requires_grad_(False)
+        frozen = {id(p) for p in self.model.parameters() if not p.requires_grad}
+        self._trunk_params = [p for p in trunk.parameters() if id(p) not in frozen]
+        self._temporal_params = [p for p in self.model.temporal_vae.parameters()]
+        self._frames: ClipSource | None = None  # single frames for the trunk steps
+        if self.world > 1 and (c.trunk_steps or c.freeze_trunk or c.loss.feature):
+            raise ValueError(
+                "trunk_steps, freeze_trunk and loss.feature are single-process only for now; "
+                "run them without torchrun (or pre-train the trunk in a single process and "
+                "pass the result as init_from)"
+            )
         self.ddp: torch.nn.Module = self.model
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -265,8 +295,43 @@ class VAETrainer:
         w = self.config.warmup_steps
         return 1.0 if w == 0 else min(1.0, (step + 1) / w)
 
+    def _set_trainable(self, trunk: bool, temporal: bool) -> None:
+        for p in self._trunk_params:
+            p.requires_grad_(trunk)
+        for p in self._temporal_params:
+            p.requires_grad_(temporal)
+
+    def _trunk_step(self) -> dict[str, float]:
+        """One step of the 2D trunk alone on single frames (see ``trunk_steps``)."""
+        c = self.config
+        if self._frames is None:
+            self._frames = ClipSource(1, c.height, c.width, c.seed + 1, c.data)
+        frames = self._frames.batch(self.step, self.rank, c.trunk_frames).to(self.device)
+        self._set_trainable(trunk=True, temporal=False)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.bf16):
+            recon = self.model.trunk_roundtrip(frames)
+        l1 = (recon.float() - frames).abs().mean()
+        mse = ((recon.float() - frames) ** 2).mean()
+        total = c.loss.l1 * l1 + c.loss.mse * mse
+        scale = self.lr_scale(self.step)
+        for group in self.opt.param_groups:
+            group["lr"] = c.lr * scale
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.opt.step()
+        self.step += 1
+        return {"l1": float(l1.detach()), "mse": float(mse.detach()),
+                "total": float(total.detach()), "step": self.step, "trunk": 1.0,
+                "psnr": psnr(recon.detach().clamp(-1, 1), frames),
+                "grad_norm": float(grad_norm), "lr": c.lr * scale}  # fmt: skip
+
     def train_step(self) -> dict[str, float]:
         c = self.config
+        if self.step < c.trunk_steps:
+            return self._trunk_step()
+        if c.trunk_steps or c.freeze_trunk:
+            self._set_trainable(trunk=not c.freeze_trunk, temporal=True)
         step = self.step
         video = self.data.batch(step, self.rank, c.batch_size).to(self.device)
         window = self.window_for(step)
@@ -280,6 +345,15 @@ class VAETrainer:
         total, parts = self.loss(
             recon, video, mean, logvar, adaptive=adaptive, logits_fake=logits_fake
         )
+        if c.loss.feature > 0:
+            with torch.no_grad():
+                target = self.model.trunk_features(video)
+            with autocast:
+                pred = self.model.decode_features(mean)
+            feature = ((pred.float() - target.float()) ** 2).mean()
+            total = total + c.loss.feature * feature
+            parts["feature"] = float(feature.detach())
+            parts["total"] = float(total.detach())
         scale = self.lr_scale(step)
         for group in self.opt.param_groups:
             group["lr"] = c.lr * scale
