@@ -52,3 +52,16 @@ def test_verdict_needs_chance_and_the_untrained_model_beaten():
     assert "colour 50% (p = 0.002; untrained 25%): shown" in t2v
     assert "direction 34% (p = 0.15; untrained 25%): not shown" in t2v
     assert "direction 50% (p = 0.002; untrained 50%): not shown" in i2v
+
+
+def test_vae_rows_keep_the_trunk_and_video_phases_apart():
+    from mugv_quickstart.stages import vae_rows
+
+    losses = [0.5] * 10 + [0.1] * 10 + [2.0] * 10 + [1.0] * 10  # 20 trunk, 20 video steps
+    summary = {"psnr_heldout": 27.07, "psnr_untrained": 14.6}
+    trunk, video = vae_rows(summary, losses, 20)
+    assert trunk[:4] == ["VAE 2D trunk (image autoencoder)", 20, "0.5000", "0.1000"]
+    assert video[:4] == ["VAE (debug, video)", 20, "2.0000", "1.0000"]
+    assert "27.07 dB" in video[4] and "14.60 dB" in video[4]
+    (only,) = vae_rows(summary, losses[20:], 0)  # no trunk steps: one row
+    assert only[1:4] == [20, "2.0000", "1.0000"]

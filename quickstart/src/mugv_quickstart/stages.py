@@ -169,7 +169,7 @@ def vae_psnr(vae, clips: list[np.ndarray]) -> float:
 
 def train_vae(ctx: RunContext, folder: Path) -> dict[str, Any]:
     """Train the debug VAE on random crops of the kept clips with mugv-vae's trainer."""
-    from mugv_vae import TrainConfig, VAEConfig, VAETrainer, VideoVAE
+    from mugv_vae import LossWeights, TrainConfig, VAEConfig, VAETrainer, VideoVAE
 
     cfg = ctx.config
     kept = [Path(p) for p in json.loads((ctx.folder("curate") / "kept.json").read_text())]
@@ -187,6 +187,8 @@ def train_vae(ctx: RunContext, folder: Path) -> dict[str, Any]:
         batch_size=cfg.vae_batch_size, steps=cfg.vae_steps, lr=cfg.vae_lr, seed=cfg.seed,
         checkpoint_every=_chunk(cfg.vae_steps), device="cpu",
         adaptive_start=cfg.vae_adaptive_start, posterior_logvar_init=cfg.vae_logvar_init,
+        trunk_steps=cfg.vae_trunk_steps, freeze_trunk=cfg.vae_freeze_trunk,
+        loss=LossWeights(feature=cfg.vae_feature_weight),
     )  # fmt: skip
     trainer = VAETrainer(config)  # resumes from its newest checkpoint, if any
     with torch.random.fork_rng():
@@ -197,8 +199,9 @@ def train_vae(ctx: RunContext, folder: Path) -> dict[str, Any]:
     while trainer.step < cfg.vae_steps:  # in chunks, to show progress (each ends in a checkpoint)
         history = trainer.train(steps=min(cfg.vae_steps, trainer.step + _chunk(cfg.vae_steps)))
         last = history[-1]
+        what = "2D trunk, frame" if last.get("trunk") else "training-crop"
         ctx.log(f"    vae step {trainer.step}/{cfg.vae_steps}: loss {last['total']:.4f}, "
-                f"training-crop PSNR {last['psnr']:.1f} dB")  # fmt: skip
+                f"{what} PSNR {last['psnr']:.1f} dB")  # fmt: skip
     vae = VideoVAE.from_pretrained(folder / "train" / "final").eval()
     trained_psnr = vae_psnr(vae, held)
     losses = _vae_losses(folder / "train" / "metrics.jsonl")
@@ -206,8 +209,20 @@ def train_vae(ctx: RunContext, folder: Path) -> dict[str, Any]:
     ctx.log(f"    held-out PSNR {trained_psnr:.2f} dB (untrained {untrained_psnr:.2f} dB)")
     return {"psnr_heldout": trained_psnr, "psnr_untrained": untrained_psnr,
             "train_clips": len(kept), "heldout_clips": len(held), "steps": cfg.vae_steps,
-            "model": "train/final", "loss_first": float(np.mean(losses[:10])),
-            "loss_last": float(np.mean(losses[-10:]))}  # fmt: skip
+            "trunk_steps": cfg.vae_trunk_steps, "model": "train/final",
+            **_vae_phase_losses(losses, cfg.vae_trunk_steps)}  # fmt: skip
+
+
+def _vae_phase_losses(losses: list[float], trunk_steps: int) -> dict[str, float | None]:
+    """Mean of the first and last 10 losses of each phase: the 2D trunk's image steps and
+    the video steps (their losses are on different scales, so never averaged together)."""
+    trunk, video = losses[:trunk_steps], losses[trunk_steps:]
+
+    def ends(v: list[float]) -> tuple[float | None, float | None]:
+        return (float(np.mean(v[:10])), float(np.mean(v[-10:]))) if v else (None, None)
+
+    (tf, tl), (vf, vl) = ends(trunk), ends(video)
+    return {"trunk_loss_first": tf, "trunk_loss_last": tl, "loss_first": vf, "loss_last": vl}
 
 
 def _vae_losses(metrics: Path) -> list[float]:
@@ -438,8 +453,10 @@ def write_report(ctx: RunContext, folder: Path) -> dict[str, Any]:
     cfg = ctx.config
     vae_losses = json.loads((ctx.folder("vae") / "losses.json").read_text())
     dit_losses = json.loads((ctx.folder("dit") / "losses.json").read_text())
-    report.write_loss_curves(folder / "loss_curves.png",
-                             {"VAE (debug)": vae_losses, "DiT (debug, flow matching)": dit_losses})  # fmt: skip
+    k = cfg.vae_trunk_steps
+    curves = {"VAE 2D trunk (image autoencoder)": vae_losses[:k]} if k else {}
+    curves |= {"VAE (debug, video)": vae_losses[k:], "DiT (debug, flow matching)": dit_losses}
+    report.write_loss_curves(folder / "loss_curves.png", curves)
     gen = ctx.folder("generate")
     prompts = json.loads((gen / "prompts.json").read_text())
     rows = []
@@ -457,6 +474,7 @@ def write_report(ctx: RunContext, folder: Path) -> dict[str, Any]:
 
 def render_markdown(ctx: RunContext, names: list[str], cfg: QuickstartConfig) -> str:
     s = {n: ctx.summary(n) for n in names}
+    vae_losses = json.loads((ctx.folder("vae") / "losses.json").read_text())
     times = {n: ctx.seconds(n) for n in names}
     agree = s["evaluate"]["agreement"]
     lines = [
@@ -534,14 +552,7 @@ def render_markdown(ctx: RunContext, names: list[str], cfg: QuickstartConfig) ->
         report.table(
             ["model", "steps", "loss (first 10-20 steps)", "loss (last 10-20 steps)", "other"],
             [
-                [
-                    "VAE (debug)",
-                    s["vae"]["steps"],
-                    f"{s['vae']['loss_first']:.4f}",
-                    f"{s['vae']['loss_last']:.4f}",
-                    f"held-out PSNR {s['vae']['psnr_heldout']:.2f} dB "
-                    f"(untrained {s['vae']['psnr_untrained']:.2f} dB)",
-                ],
+                *vae_rows(s["vae"], vae_losses, cfg.vae_trunk_steps),
                 [
                     "DiT (debug)",
                     s["dit"]["steps"],
@@ -579,6 +590,22 @@ def render_markdown(ctx: RunContext, names: list[str], cfg: QuickstartConfig) ->
         "",
     ]
     return "\n".join(lines)
+
+
+def vae_rows(summary: dict, losses: list[float], trunk_steps: int) -> list[list]:
+    """The training table's VAE rows: the 2D trunk's image steps (when there are any) and
+    the video steps, each with its own first / last losses."""
+    p = _vae_phase_losses(losses, trunk_steps)
+    rows = []
+    if trunk_steps:
+        rows.append(["VAE 2D trunk (image autoencoder)", trunk_steps,
+                     f"{p['trunk_loss_first']:.4f}", f"{p['trunk_loss_last']:.4f}",
+                     "frames through the trunk alone"])  # fmt: skip
+    rows.append(["VAE (debug, video)", len(losses) - trunk_steps, f"{p['loss_first']:.4f}",
+                 f"{p['loss_last']:.4f}",
+                 f"held-out PSNR {summary['psnr_heldout']:.2f} dB "
+                 f"(untrained {summary['psnr_untrained']:.2f} dB)"])  # fmt: skip
+    return rows
 
 
 def verdict_lines(latent: dict[str, dict], pixel: dict[str, dict]) -> list[str]:
