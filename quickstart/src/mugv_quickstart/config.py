@@ -27,7 +27,7 @@ class QuickstartConfig:
     text_max_length: int = 24
     """Text-encoder tokens per caption (the captions are at most ~15 tokens)."""
 
-    vae_steps: int = 900
+    vae_steps: int = 800
     """Optimiser steps of the debug VAE, the trunk steps included."""
     vae_trunk_steps: int = 300
     """The first steps train the VAE's 2D trunk alone, as an image autoencoder on 16 random
@@ -43,8 +43,8 @@ class QuickstartConfig:
     """Weight of mugv-vae's feature-matching term (``LossWeights.feature``): the temporal
     stage's decode of each latent against the trunk's features. Without it the fresh
     temporal stage decoded grey objects after 300 steps on the trained trunk; with it
-    (300 trunk + 600 video steps, seed 0) held-out reconstructions reached 27.1 dB and
-    the right colour and direction on all 32 held-out clips (from scratch: 22.7 dB, 50%)."""
+    (300 trunk + 500 video steps, seed 0) held-out reconstructions reach 26.9 dB and the
+    right colour and direction on all 32 held-out clips (from scratch: 22.7 dB, 50%)."""
     vae_blocks: int = 1
     """Blocks per stage of the debug VAE (its trunk's ``layers_per_block`` and the
     temporal ``temporal_num_res_blocks``; the preset has 2 and 4): same stages and widths,
@@ -64,7 +64,7 @@ class QuickstartConfig:
     """``TrainConfig.posterior_logvar_init``: without it a fresh encoder's posterior noise
     (std 1) swamps its latents (std ~0.1) for far longer than this run lasts."""
 
-    dit_steps: int = 2400
+    dit_steps: int = 2200
     """Optimiser steps of the debug DiT."""
     dit_batch_size: int = 16
     dit_lr: float = 1e-3
