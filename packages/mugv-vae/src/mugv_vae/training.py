@@ -301,6 +301,18 @@ class VAETrainer:
         for p in self._temporal_params:
             p.requires_grad_(temporal)
 
+    def _generator_update(self, total: torch.Tensor, step: int) -> tuple[float, torch.Tensor]:
+        """Warmup lr of ``step``, backward of ``total``, clipping and one optimiser step:
+        (lr scale, gradient norm before clipping)."""
+        scale = self.lr_scale(step)
+        for group in self.opt.param_groups:
+            group["lr"] = self.config.lr * scale
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.opt.step()
+        return scale, grad_norm
+
     def _trunk_step(self) -> dict[str, float]:
         """One step of the 2D trunk alone on single frames (see ``trunk_steps``)."""
         c = self.config
@@ -313,13 +325,7 @@ class VAETrainer:
         l1 = (recon.float() - frames).abs().mean()
         mse = ((recon.float() - frames) ** 2).mean()
         total = c.loss.l1 * l1 + c.loss.mse * mse
-        scale = self.lr_scale(self.step)
-        for group in self.opt.param_groups:
-            group["lr"] = c.lr * scale
-        self.opt.zero_grad(set_to_none=True)
-        total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-        self.opt.step()
+        scale, grad_norm = self._generator_update(total, self.step)
         self.step += 1
         return {"l1": float(l1.detach()), "mse": float(mse.detach()),
                 "total": float(total.detach()), "step": self.step, "trunk": 1.0,
@@ -354,16 +360,10 @@ class VAETrainer:
             total = total + c.loss.feature * feature
             parts["feature"] = float(feature.detach())
             parts["total"] = float(total.detach())
-        scale = self.lr_scale(step)
-        for group in self.opt.param_groups:
-            group["lr"] = c.lr * scale
+        scale, grad_norm = self._generator_update(total, step)
         if self.disc_opt is not None:
             for group in self.disc_opt.param_groups:
                 group["lr"] = c.disc_lr * scale
-        self.opt.zero_grad(set_to_none=True)
-        total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-        self.opt.step()
         if gan:
             assert self.disc is not None and self.disc_opt is not None
             with autocast:
