@@ -19,7 +19,12 @@ Entry points:
 Everything not listed in ``__all__`` is private.
 """
 
-from mugv_train.checkpointing import CheckpointError, latest_checkpoint
+from mugv_train.checkpointing import (
+    CheckpointError,
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    latest_checkpoint,
+)
 from mugv_train.config import (
     CheckpointConfig,
     DataConfig,
@@ -60,6 +65,7 @@ __all__ = [
     "RECIPES",
     "CheckpointConfig",
     "CheckpointError",
+    "CheckpointMismatchError",
     "DataConfig",
     "EMAConfig",
     "LoRAConfig",
@@ -72,6 +78,7 @@ __all__ = [
     "ParallelConfig",
     "TrainConfig",
     "TrainResult",
+    "UnsafeCheckpointError",
     "__version__",
     "apply_overrides",
     "dit_flops_per_sample",

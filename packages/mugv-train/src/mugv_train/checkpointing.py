@@ -40,6 +40,55 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or does not fit the run."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint file holds pickled objects beyond tensors and plain containers.
+
+    Every checkpoint file is read with ``torch.load(weights_only=True)``: torch's restricted
+    unpickler, which never imports or calls anything from the file. A file that needs more
+    (a planted ``__reduce__`` payload, a pickled class) is refused, not executed.
+    """
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint's tensors are not exactly the model's (missing or unexpected names)."""
+
+    def __init__(self, what: str, missing: list[str], unexpected: list[str]) -> None:
+        self.missing, self.unexpected = list(missing), list(unexpected)
+        super().__init__(
+            f"{what} does not match the model: missing {len(missing)} tensor(s) "
+            f"{self.missing[:8]}, unexpected {len(unexpected)} tensor(s) {self.unexpected[:8]}. "
+            "Resume with the model and LoRA settings the checkpoint was written with, or "
+            "start a new output_dir."
+        )
+
+
+def read_torch_file(path: Path) -> Any:
+    """Tensors and plain containers from a file written by :func:`atomic_torch_save`.
+
+    ``weights_only=True``: nothing in the file is imported or executed. Raises
+    :class:`UnsafeCheckpointError` for pickled objects, :class:`CheckpointError` for a file
+    that is missing, truncated or not a torch file.
+    """
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"{path} holds pickled objects that are not tensors or plain containers; it is "
+            "refused unread (a checkpoint must never run code). Delete it, or resume from a "
+            f"checkpoint this package wrote ({str(exc).splitlines()[0][:200]})"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint file (truncated or not written by "
+            f"mugv-train: {str(exc).splitlines()[0][:200]}); resume from an earlier checkpoint"
+        ) from exc
+
+
 def _barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
@@ -60,6 +109,19 @@ def latest_checkpoint(root: Path) -> Path | None:
     done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".partial"))
     done = [p for p in done if (p / "meta.json").exists()]
     return done[-1] if done else None
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """``model.load_state_dict(state)``, strictly: every tensor of the model and nothing else
+    (Megatron's ``_extra_state`` entries aside), else :class:`CheckpointMismatchError`."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{what} is not a state dict")
+    own = {k for k in model.state_dict() if not k.endswith("_extra_state")}
+    given = {k for k in state if not k.endswith("_extra_state")}
+    missing, unexpected = sorted(own - given), sorted(given - own)
+    if missing or unexpected:
+        raise CheckpointMismatchError(what, missing, unexpected)
+    model.load_state_dict(state, strict=False)
 
 
 def save_checkpoint(
@@ -216,7 +278,14 @@ def load_checkpoint(
     mismatch raises :class:`CheckpointError` naming the field.
     """
     path = Path(path)
-    meta = json.loads((path / "meta.json").read_text())
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"{path / 'meta.json'} cannot be read ({exc}); resume from an earlier checkpoint"
+        ) from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path / 'meta.json'} is not a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}"
@@ -236,10 +305,10 @@ def load_checkpoint(
             f"{trainer} is missing: the checkpoint was written with a different DP size"
         )
     if meta.get("format") == "torch_dist":  # model/optimizer: load_torch_dist(path, ...)
-        return {"meta": meta, "trainer": torch.load(trainer, weights_only=False)}
+        return {"meta": meta, "trainer": read_torch_file(trainer)}
     return {
         "meta": meta,
-        "model": torch.load(path / f"model_tp{tp_rank}_pp{pp_rank}.pt", weights_only=False),
-        "optim": torch.load(path / f"optim_tp{tp_rank}_pp{pp_rank}.pt", weights_only=False),
-        "trainer": torch.load(trainer, weights_only=False),
+        "model": read_torch_file(path / f"model_tp{tp_rank}_pp{pp_rank}.pt"),
+        "optim": read_torch_file(path / f"optim_tp{tp_rank}_pp{pp_rank}.pt"),
+        "trainer": read_torch_file(trainer),
     }

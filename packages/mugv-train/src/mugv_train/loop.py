@@ -26,6 +26,7 @@ from mugv_train._optim import build_optimizer
 from mugv_train.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
+    load_model_state,
     load_torch_dist,
     save_checkpoint,
     save_torch_dist,
@@ -426,7 +427,7 @@ def train(config: TrainConfig) -> TrainResult:
             model.load_state_dict(loaded["model"], strict=False)
             opt.load_sharded_state_dict(loaded["optimizer"])
         else:
-            model.load_state_dict(ck["model"], strict=False)
+            load_model_state(model, ck["model"], f"{latest} (model of TP {tp_rank} PP {pp_rank})")
             opt.load_state_dict(ck["optim"])
         tr = ck["trainer"]
         start, history = tr["step"], tr["history"]
