@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +20,54 @@ import torch.nn.functional as F
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
 
+def file_mode() -> int:
+    """Permission bits a new file gets under the current umask (0o644 under umask 022):
+    ``tempfile.mkstemp`` creates 0o600 files, which atomic writers widen to this."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def not_regular(path: Path) -> str | None:
+    """Why ``path`` must not be opened as a file (a FIFO, device, socket or folder blocks or
+    misleads a reader), or None for a regular file. Does not open it."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {
+        stat.S_ISDIR: "a folder",
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+    }
+    kind = next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+    return f"is {kind}, not a regular file"
+
+
 def read_video(path: str | Path, max_frames: int | None = None) -> tuple[torch.Tensor, float]:
-    """Decode a video file: ([3, N, H, W] in [-1, 1], fps). Raises ValueError if undecodable."""
+    """Decode a video file: ([3, N, H, W] in [-1, 1], fps).
+
+    Raises FileNotFoundError for a missing file, ValueError for anything that is not a
+    regular file (never opened: a FIFO would block) or does not decode to >= 1 frame.
+    """
     import av
 
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    if max_frames is not None and (
+        not isinstance(max_frames, int) or isinstance(max_frames, bool) or max_frames < 1
+    ):
+        raise ValueError(f"max_frames must be a positive int or None, got {max_frames!r}")
     path = Path(path)
+    reason = not_regular(path)
+    if reason == "does not exist":
+        raise FileNotFoundError(f"video file {path} does not exist")
+    if reason is not None:
+        raise ValueError(f"video {path} {reason}; give a video file")
     frames: list[np.ndarray] = []
     try:
         with av.open(str(path)) as container:
@@ -43,18 +88,45 @@ def read_video(path: str | Path, max_frames: int | None = None) -> tuple[torch.T
 
 
 def write_video(path: str | Path, video: torch.Tensor, fps: float = 24.0) -> Path:
-    """Write [3, N, H, W] in [-1, 1] as H.264 (yuv420p; H, W must be even), atomically."""
+    """Write [3, N, H, W] in [-1, 1] as H.264 (yuv420p; H, W must be even), atomically.
+
+    The file gets the umask's permissions; the temporary file is removed on any error,
+    Ctrl-C or SIGTERM (under the command line, which turns SIGTERM into an exception).
+    """
     import av
 
+    if not isinstance(video, torch.Tensor):
+        raise TypeError(f"video must be a torch.Tensor [3, N, H, W], got {type(video).__name__}")
+    if video.ndim != 4 or video.shape[0] != 3:
+        raise ValueError(f"video must be [3, N, H, W], got shape {tuple(video.shape)}")
+    n, h, w = video.shape[1:]
+    if n < 1 or h < 2 or w < 2 or h % 2 or w % 2:
+        raise ValueError(
+            f"video must have >= 1 frame and even height/width >= 2 (H.264 yuv420p), got "
+            f"{n} frames of {h}x{w}"
+        )
+    if not video.is_floating_point() or not bool(torch.isfinite(video).all()):
+        raise ValueError("video must be a float tensor of finite values in [-1, 1] (NaN/inf found)")
+    if (
+        isinstance(fps, bool)
+        or not isinstance(fps, int | float)
+        or not math.isfinite(fps)
+        or fps <= 0
+    ):
+        raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"output {path} is a folder; give a file name such as clip.mp4")
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     arr = arr.permute(1, 2, 3, 0).cpu().numpy()
+    rate = round(fps) if fps >= 1 else Fraction(fps).limit_denominator(1001)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     try:
+        os.chmod(tmp, file_mode())
         with av.open(tmp, mode="w") as out:
-            stream = out.add_stream("libx264", rate=round(fps))
+            stream = out.add_stream("libx264", rate=rate)
             stream.width, stream.height = arr.shape[2], arr.shape[1]
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": "10"}
@@ -70,11 +142,31 @@ def write_video(path: str | Path, video: torch.Tensor, fps: float = 24.0) -> Pat
     return path
 
 
-def list_videos(folder: str | Path) -> list[Path]:
+def scan_videos(folder: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(video files of ``folder`` by name, [(path, reason)] of video-named entries that are
+    not regular files: FIFOs, devices, sockets, folders). Nothing is opened."""
+    if not isinstance(folder, str | os.PathLike):
+        raise TypeError(f"folder must be a str or os.PathLike, got {type(folder).__name__}")
     folder = Path(folder)
     if not folder.is_dir():
+        if folder.exists():
+            raise NotADirectoryError(f"{folder} is not a folder; give a folder of videos")
         raise FileNotFoundError(f"video folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    files, skipped = [], []
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() not in VIDEO_SUFFIXES:
+            continue
+        reason = not_regular(p)
+        if reason is None:
+            files.append(p)
+        else:
+            skipped.append((p, reason))
+    return files, skipped
+
+
+def list_videos(folder: str | Path) -> list[Path]:
+    """Regular video files of ``folder``, sorted (FIFOs, devices etc. are left out)."""
+    return scan_videos(folder)[0]
 
 
 def _generator(*keys: int) -> torch.Generator:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 #: The fixed factor applied to the 2D trunk's output before the temporal stage (§B.1).
 #: The SDXL config's own 0.13025 is deliberately not used.
@@ -106,6 +109,23 @@ class VAEConfig:
     """Run the 2D trunk in channels-last memory format (helps cuDNN convs on GPU)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
+        for name in (
+            "layers_per_block", "norm_num_groups", "spatial_latent_channels", "latent_channels",
+            "temporal_filters", "temporal_num_res_blocks", "temporal_norm_num_groups",
+        ):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"VAEConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("block_out_channels", "temporal_channel_multipliers"):
+            if min(getattr(self, name), default=1) < 1:
+                raise ValueError(f"VAEConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.scaling_factor <= 0 or min(self.latent_scale, default=1.0) <= 0:
+            raise ValueError(
+                f"VAEConfig.scaling_factor and latent_scale must be > 0, got "
+                f"{self.scaling_factor} and {self.latent_scale}"
+            )
+        if self.logvar_clamp[0] >= self.logvar_clamp[1]:
+            raise ValueError(f"VAEConfig.logvar_clamp must be (low, high), got {self.logvar_clamp}")
         nb = len(self.block_out_channels)
         if nb != 4:
             raise ValueError(
@@ -186,14 +206,80 @@ class VAEConfig:
     def from_dict(cls, data: dict[str, Any]) -> VAEConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise naming them."""
         names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict):
+            raise TypeError(f"a VAEConfig dict must be a JSON object, got {type(data).__name__}")
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown VAEConfig fields {unknown}; known fields: {sorted(names)}")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**kwargs)
+        return cls(**data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _accepts(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(value, a) for a in args)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        )
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_accepts(v, args[0]) for v in value)
+        return len(value) == len(args) and all(map(_accepts, value, args))
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, origin or hint)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if hint is type(None):
+        return "None"
+    if hint is float:
+        return "a finite number"
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0])}"
+        return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+    return getattr(origin or hint, "__name__", str(hint))
+
+
+def check_fields(obj: Any) -> None:
+    """Check every field of the dataclass ``obj`` against its annotation (lists given for
+    tuple fields become tuples); raise a TypeError naming the field, value and type."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        hint, value = hints[f.name], getattr(obj, f.name)
+        if isinstance(value, list) and tuple in (
+            typing.get_origin(hint),
+            *(typing.get_origin(a) for a in typing.get_args(hint)),
+        ):
+            value = tuple(value)
+            object.__setattr__(obj, f.name, value)
+        if not _accepts(value, hint):
+            raise TypeError(
+                f"{type(obj).__name__}.{f.name} must be {_describe(hint)}, got {value!r} "
+                f"({type(value).__name__})"
+            )
 
 
 PRESETS: dict[str, VAEConfig] = {

@@ -3,7 +3,8 @@
 Per clip: PSNR and SSIM (frame-wise on [0, 1] pixels, averaged over frames), LPIPS when a
 weights file is given. Outputs in ``out_dir``: ``metrics.json`` (per clip, errors included),
 ``summary.md`` (a table plus the mean over clips) and ``frames/<clip>_fXXXX.png`` side-by-side
-original | reconstruction images. A file that does not decode is reported and skipped.
+original | reconstruction images. A file that does not decode, and an entry that is not a
+regular file (a FIFO, a device: never opened), is reported in ``failed`` and skipped.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mugv_vae._video_io import list_videos, read_video
+from mugv_vae._video_io import VIDEO_SUFFIXES, read_video, scan_videos
 from mugv_vae.losses import LPIPS
 from mugv_vae.model import VideoVAE
 
@@ -63,8 +64,12 @@ def _save_side_by_side(path: Path, original: torch.Tensor, recon: torch.Tensor) 
     arr = ((pair.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     img = Image.fromarray(arr.permute(1, 2, 0).cpu().numpy())
     tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        img.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def evaluate_folder(
@@ -84,16 +89,34 @@ def evaluate_folder(
     ``name, frames, height, width, psnr, ssim`` (+ ``lpips``), each failure ``name, error``.
     Frame sizes that are not multiples of 8 are compared on the decoded (floored) area.
     """
+    if not isinstance(model, VideoVAE):
+        raise TypeError(f"model must be a VideoVAE, got {type(model).__name__}")
+    for name, value in (("max_frames", max_frames), ("frames_per_clip", frames_per_clip)):
+        if value is None and name == "max_frames":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not isinstance(out_dir, str | os.PathLike):
+        raise TypeError(f"out_dir must be a str or os.PathLike, got {type(out_dir).__name__}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out_dir {out} exists and is not a folder; give a folder")
+    if lpips_path is not None and not Path(lpips_path).is_file():
+        raise FileNotFoundError(f"LPIPS weights file {lpips_path} does not exist")
+    videos, skipped = scan_videos(folder)
+    if not videos and not skipped:
+        raise FileNotFoundError(
+            f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {folder}; give a folder of videos"
+        )
     (out / "frames").mkdir(parents=True, exist_ok=True)
     lpips = LPIPS.from_file(lpips_path, lpips_widths).to(model.device) if lpips_path else None
     clips: list[dict[str, Any]] = []
-    failed: list[dict[str, str]] = []
+    failed = [{"name": p.name, "error": f"skipped: {why}"} for p, why in skipped]
     model.eval()
-    for path in list_videos(folder):
+    for path in videos:
         try:
             video, _ = read_video(path, max_frames=max_frames)
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:
             failed.append({"name": path.name, "error": str(exc)})
             continue
         n, h, w = video.shape[1:]
@@ -124,9 +147,7 @@ def evaluate_folder(
     keys = ["psnr", "ssim"] + (["lpips"] if lpips is not None else [])
     mean = {k: (sum(c[k] for c in clips) / len(clips) if clips else math.nan) for k in keys}
     result = {"clips": clips, "failed": failed, "mean": mean}
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    _atomic_text(out / "metrics.json", json.dumps(result, indent=2))
     lines = ["| clip | frames | size | " + " | ".join(k.upper() for k in keys) + " |"]
     lines.append("|---|---|---|" + "---|" * len(keys))
     for c in clips:
@@ -139,7 +160,15 @@ def evaluate_folder(
     )
     if failed:
         lines += ["", "Failed to decode:", *[f"- {f['name']}: {f['error']}" for f in failed]]
-    tmp = out / ".summary.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out / "summary.md")
+    _atomic_text(out / "summary.md", "\n".join(lines) + "\n")
     return result
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

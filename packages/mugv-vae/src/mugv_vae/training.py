@@ -18,6 +18,8 @@ import dataclasses
 import json
 import math
 import os
+import pickle
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ import torch.distributed as dist
 
 from mugv_vae._checkpoint import load_state_dict_strict
 from mugv_vae._video_io import ClipSource, _generator
-from mugv_vae.config import VAEConfig
+from mugv_vae.config import VAEConfig, check_fields
 from mugv_vae.losses import (
     LPIPS,
     LossWeights,
@@ -38,6 +40,8 @@ from mugv_vae.losses import (
     hinge_d_loss,
 )
 from mugv_vae.model import VideoVAE
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,31 @@ class TrainConfig:
     """"auto" (cuda if available, else cpu), "cpu" or "cuda"."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
+        check_fields(self.loss)
+        if not self.output_dir:
+            raise ValueError("TrainConfig.output_dir must name a folder, got ''")
+        for name, value in dataclasses.asdict(self.loss).items():
+            if value < 0:
+                raise ValueError(f"TrainConfig.loss.{name} must be >= 0, got {value}")
+        for name in ("lr", "disc_lr", "grad_clip"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must be in [0, 1), got {self.betas}")
+        for name in ("weight_decay", "seed", "adaptive_start", "gan_start"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {value}")
+        for name in ("disc_channels", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lpips_widths is not None and min(self.lpips_widths, default=0) < 1:
+            raise ValueError(f"TrainConfig.lpips_widths must be positive, got {self.lpips_widths}")
+        if not _DEVICE.fullmatch(self.device):
+            raise ValueError(
+                f"TrainConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
+            )
         if self.num_frames < 8 or self.num_frames % 8:
             raise ValueError(f"num_frames must be a positive multiple of 8, got {self.num_frames}")
         if self.height % 8 or self.width % 8 or min(self.height, self.width) < 8:
@@ -145,6 +174,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise TypeError(f"a TrainConfig must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
@@ -155,6 +186,12 @@ class TrainConfig:
         elif isinstance(data.get("vae"), str):
             data["vae"] = VAEConfig.preset(data["vae"])
         if isinstance(data.get("loss"), dict):
+            known = {f.name for f in dataclasses.fields(LossWeights)}
+            unknown = sorted(set(data["loss"]) - known)
+            if unknown:
+                raise ValueError(
+                    f"unknown TrainConfig.loss fields {unknown}; known: {sorted(known)}"
+                )
             data["loss"] = LossWeights(**data["loss"])
         for k in ("betas", "decode_windows", "lpips_widths"):
             if isinstance(data.get(k), list):
@@ -249,17 +286,21 @@ class VAETrainer:
         if self.rank == 0:
             tmp = self.checkpoint_dir / f".tmp_step_{self.step:07d}"
             shutil.rmtree(tmp, ignore_errors=True)
-            self.model.save_pretrained(tmp)
-            state = {
-                "step": self.step,
-                "optimizer": self.opt.state_dict(),
-                "disc": self.disc.state_dict() if self.disc else None,
-                "disc_optimizer": self.disc_opt.state_dict() if self.disc_opt else None,
-                "train_config": self.config.to_dict(),
-            }
-            torch.save(state, tmp / "trainer.pt")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            try:
+                self.model.save_pretrained(tmp)
+                state = {
+                    "step": self.step,
+                    "optimizer": self.opt.state_dict(),
+                    "disc": self.disc.state_dict() if self.disc else None,
+                    "disc_optimizer": self.disc_opt.state_dict() if self.disc_opt else None,
+                    "train_config": self.config.to_dict(),
+                }
+                torch.save(state, tmp / "trainer.pt")
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+            except BaseException:  # full disk, Ctrl-C, SIGTERM: no half-written folder
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             for old in self.checkpoints()[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         if self.world > 1:
@@ -273,8 +314,16 @@ class VAETrainer:
         path = ckpts[-1]
         from safetensors.torch import load_file
 
-        load_state_dict_strict(self.model, load_file(path / "model.safetensors"), str(path))
-        state = torch.load(path / "trainer.pt", map_location=self.device, weights_only=True)
+        weights = path / "model.safetensors"
+        try:
+            tensors = load_file(weights)
+        except Exception as exc:  # safetensors raises its own error type for bad files
+            raise ValueError(
+                f"cannot resume from {weights}: not a readable safetensors file ({exc}); "
+                f"delete the damaged checkpoint folder {path} to resume from an older one"
+            ) from exc
+        load_state_dict_strict(self.model, tensors, str(path))
+        state = load_trainer_state(path / "trainer.pt", self.device)
         self.opt.load_state_dict(state["optimizer"])
         if self.disc is not None and state["disc"] is not None:
             self.disc.load_state_dict(state["disc"])
@@ -410,10 +459,45 @@ class VAETrainer:
         if self.rank == 0:
             tmp = self.out / ".tmp_final"
             shutil.rmtree(tmp, ignore_errors=True)
-            self.model.save_pretrained(tmp)
-            shutil.rmtree(self.out / "final", ignore_errors=True)
-            os.replace(tmp, self.out / "final")
+            try:
+                self.model.save_pretrained(tmp)
+                shutil.rmtree(self.out / "final", ignore_errors=True)
+                os.replace(tmp, self.out / "final")
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         return history
+
+
+#: Keys every ``trainer.pt`` holds.
+_TRAINER_KEYS = ("step", "optimizer", "disc", "disc_optimizer", "train_config")
+
+
+def load_trainer_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a ``trainer.pt`` with ``torch.load(weights_only=True)``: tensors, numbers,
+    strings and containers only, so no code in the file can run. Raises ValueError naming
+    the file when it holds anything else, is damaged, or lacks a key."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f" ({detail.group(1)})" if detail else ""
+        raise ValueError(
+            f"refusing to load {path}: it holds pickled Python objects{what}, not only "
+            "tensors, and loading it could run code; use a trainer state written by VAETrainer"
+        ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(
+            f"cannot read trainer state {path} ({exc}); the checkpoint is damaged: delete "
+            f"{path.parent} to resume from an older checkpoint"
+        ) from exc
+    if not isinstance(state, dict) or any(k not in state for k in _TRAINER_KEYS):
+        raise ValueError(
+            f"{path} is not a VAETrainer state: it needs the keys {list(_TRAINER_KEYS)}"
+        )
+    if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:
+        raise ValueError(f"{path}: 'step' must be a non-negative int, got {state['step']!r}")
+    return state
 
 
 def _dist_info() -> tuple[int, int]:
@@ -429,5 +513,9 @@ def _dist_info() -> tuple[int, int]:
 
 def _atomic_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
