@@ -12,13 +12,23 @@ Entry points:
 - ``preprocess_image``, ``write_mp4``, ``read_mp4``: reference images and MP4 files.
 - Presets: ``ASPECT_RATIOS_720P``, ``DURATIONS``, ``OFFICIAL_NEGATIVE_PROMPT``,
   ``OfficialQuirks``, ``resolve_size``.
-- The ``mugv`` command (``mugv generate ...``).
+- ``MUGVEnhancer`` (``mugv_infer.enhance``): the official one-step video enhancer on
+  diffusers' Wan components, with ``EnhancerQuirks``, ``EnhancementOutput``,
+  ``WAN_NEGATIVE_PROMPT`` and ``ENHANCE_PROMPT``.
+- The ``mugv`` command (``mugv generate ...``, ``mugv enhance ...``).
 
 Everything not listed in ``__all__`` is private.
 """
 
 from mugv_infer._cache import StepCache
 from mugv_infer._media import VideoFile, preprocess_image, read_mp4, write_mp4
+from mugv_infer.enhance import (
+    ENHANCE_PROMPT,
+    WAN_NEGATIVE_PROMPT,
+    EnhancementOutput,
+    EnhancerQuirks,
+    MUGVEnhancer,
+)
 from mugv_infer.offload import BlockOffload, ComponentOffload, enable_block_offload
 from mugv_infer.parallel import (
     ParallelGroups,
@@ -52,15 +62,20 @@ __version__ = "0.1.0"
 __all__ = [
     "ASPECT_RATIOS_720P",
     "DURATIONS",
+    "ENHANCE_PROMPT",
     "NULL_TEXT_FILE",
     "OFFICIAL_NEGATIVE_PROMPT",
+    "WAN_NEGATIVE_PROMPT",
     "BlockOffload",
     "CFGZeroStar",
     "ClassifierFreeGuidance",
     "ComponentOffload",
+    "EnhancementOutput",
+    "EnhancerQuirks",
     "FlowEulerSampler",
     "GenerationOutput",
     "Guidance",
+    "MUGVEnhancer",
     "MUGVPipeline",
     "OfficialQuirks",
     "ParallelGroups",
