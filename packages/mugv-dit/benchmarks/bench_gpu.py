@@ -1,13 +1,17 @@
 """GPU benchmark of MUG-DiT (needs CUDA; not run on the CPU-only development machines).
 
-    python packages/mugv-dit/benchmarks/bench_gpu.py [--blocks 2] [--attention sdpa|flash]
+    python packages/mugv-dit/benchmarks/bench_gpu.py [--blocks 2] [--attention auto|sdpa|flash|xformers]
 
 1. Device copy bandwidth (``dst.copy_(src)`` on 1 GiB), the ceiling for element-wise ops.
 2. Each fused Triton kernel, forward and backward, at the 720p 5 s shape in bf16
    (50,402 tokens x 3456): achieved bandwidth, its share of the copy bandwidth (target
    >= 80 %) and the speed-up over the eager torch reference.
 3. Forward+backward model-FLOPs utilisation of ``--blocks`` 10b-width `MUGDiTBlock`s at
-   50,402 tokens with 300 text tokens in bf16 (target >= 45 % on an H100).
+   50,402 tokens with 300 text tokens in bf16 (target >= 45 % on an H100), eager and
+   under ``torch.compile`` (the kernels are torch.library custom ops: no graph break).
+
+``--attention auto`` (the default) takes flash-attn, else xformers, else torch SDPA,
+whichever is installed.
 
 Figures go to the ``mugv-dit GPU`` section of benchmarks/RESULTS.md.
 """
@@ -15,6 +19,7 @@ Figures go to the ``mugv-dit GPU`` section of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -89,7 +94,19 @@ def kernel_rows(copy_gbs: float) -> list[str]:
     return rows
 
 
-def mfu(n_blocks: int, attention: str, peak_tflops: float) -> tuple[float, float]:
+def pick_attention(requested: str) -> str:
+    """``auto``: the fastest installed backend (flash-attn, xformers, then torch SDPA)."""
+    if requested != "auto":
+        return requested
+    for backend, module in (("flash", "flash_attn"), ("xformers", "xformers")):
+        if importlib.util.find_spec(module) is not None:
+            return backend
+    return "sdpa"
+
+
+def mfu(
+    n_blocks: int, attention: str, peak_tflops: float, compile_blocks: bool = False
+) -> tuple[float, float]:
     from mugv_dit import DiTConfig, MUGDiTBlock
 
     cfg = DiTConfig.preset("10b", attention_backend=attention, kernel_backend="triton")
@@ -104,10 +121,11 @@ def mfu(n_blocks: int, attention: str, peak_tflops: float) -> tuple[float, float
     ang = torch.rand(1, TOKENS, 36, device=dev) * 100
     cos, sin = ang.cos(), ang.sin()
     text = torch.randn(1, TEXT, HIDDEN, device=dev, dtype=dt)
+    run = [torch.compile(b, fullgraph=True) for b in blocks] if compile_blocks else list(blocks)
 
     def step():
         h = x0
-        for b in blocks:
+        for b in run:
             h = b(
                 h,
                 t_mlp,
@@ -132,7 +150,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--blocks", type=int, default=2)
-    parser.add_argument("--attention", default="flash", choices=["sdpa", "flash", "xformers"])
+    parser.add_argument(
+        "--attention", default="auto", choices=["auto", "sdpa", "flash", "xformers"]
+    )
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="dense bf16 peak of the device"
     )
@@ -143,6 +163,7 @@ def main() -> None:
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     if peak is None:
         sys.exit(f"unknown peak bf16 TFLOP/s for {name}; pass --peak-tflops")
+    attention = pick_attention(args.attention)
     copy_gbs = copy_bandwidth()
     lines = [
         f"Copy bandwidth (bf16, 1 GiB): {copy_gbs:.0f} GB/s. Kernels at {TOKENS} tokens x {HIDDEN} "
@@ -152,12 +173,14 @@ def main() -> None:
         "|---|---|---|---|",
         *kernel_rows(copy_gbs),
     ]
-    ms, pct = mfu(args.blocks, args.attention, peak)
+    ms, pct = mfu(args.blocks, attention, peak)
+    ms_c, pct_c = mfu(args.blocks, attention, peak, compile_blocks=True)
     lines += [
         "",
         f"{args.blocks} blocks of 10b width, {TOKENS} tokens, {TEXT} text tokens, bf16, "
-        f"{args.attention} attention, triton kernels: forward+backward {ms:.1f} ms, "
-        f"MFU {pct:.1f} % of {peak:.0f} TFLOP/s (no recompute; 3x forward FLOPs).",
+        f"{attention} attention, triton kernels, forward+backward (no recompute; 3x forward "
+        f"FLOPs, MFU of {peak:.0f} TFLOP/s): eager {ms:.1f} ms, MFU {pct:.1f} %; "
+        f"torch.compile {ms_c:.1f} ms, MFU {pct_c:.1f} % ({ms / ms_c:.2f}x).",
     ]
     body = "\n".join(lines)
     print(body)

@@ -6,6 +6,8 @@ any kernel module is imported), at small odd shapes; GPU tests run real shapes i
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -137,6 +139,181 @@ def test_rope_reference_matches_complex_multiplication():
         -2
     )
     torch.testing.assert_close(got, want)
+
+
+def test_qk_norm_rope_reads_q_and_k_from_the_fused_qkv_view():
+    """q and k sliced from a [B, L, 3, N, K] projection (no copy) equal the reference,
+    and the gradient flows back into the right third of qkv."""
+    B, L, N, K = 2, 9, 5, 18
+    qkv = _rand(B, L, 3, N, K, dtype=torch.float32, seed=21)
+    weight = (1 + 0.3 * _rand(K, dtype=torch.float32, seed=22)).detach().requires_grad_(True)
+    angles = torch.rand(1, L, K // 2, generator=torch.Generator().manual_seed(23)).to(DEVICE) * 9
+    k_view = qkv.unbind(2)[1]
+    assert not k_view.is_contiguous()
+    _compare(
+        lambda x, w, c, s: qk_norm_rope(x, w, c, s, backend="triton"),
+        qk_norm_rope_ref,
+        (k_view, weight, angles.cos(), angles.sin()),
+        torch.float32,
+    )
+    out = qk_norm_rope(k_view, weight, angles.cos(), angles.sin(), backend="triton")
+    (grad,) = torch.autograd.grad(out.sum(), [qkv])
+    assert grad[:, :, 0].abs().max() == 0 and grad[:, :, 2].abs().max() == 0
+    assert grad[:, :, 1].abs().max() > 0
+
+
+def test_modulation_and_gate_read_through_strides():
+    """shift/scale/gate as slices of one [B, 2, 6, D] table (how the block passes them)."""
+    B, L, D = 2, 7, 24
+    table = _rand(B, 2, 6, D, dtype=torch.float32, seed=31)
+    x = _rand(B, L, D, dtype=torch.float32, seed=32)
+    branch = _rand(B, L, D, dtype=torch.float32, seed=33)
+    use_t = _use_t(B, L, 34)
+    shift, scale, gate = table.unbind(2)[:3]
+    assert not shift.is_contiguous()
+    _compare(
+        lambda *a: modulated_layernorm(*a, backend="triton"),
+        modulated_layernorm_ref, (x, shift, scale, use_t), torch.float32,
+    )  # fmt: skip
+    _compare(
+        lambda *a: gated_residual(*a, backend="triton"),
+        gated_residual_ref, (x, branch, gate, use_t), torch.float32,
+    )  # fmt: skip
+
+
+def _kernel_modules():
+    # the package's public functions shadow the submodule names of the same spelling
+    return tuple(
+        importlib.import_module(f"mugv_dit.kernels.{name}")
+        for name in ("gated_residual", "modulate", "qk_norm_rope")
+    )
+
+
+# A batch stride just above 2^30 puts sample 2 past 2^31 elements: 32-bit offsets wrap
+# there. The buffer is allocated but never touched beyond the three rows (CPU pages are
+# committed lazily), so the test costs a few KiB of real memory.
+BIG_STRIDE = 2**30 + 64
+
+
+def _far_apart(rows: torch.Tensor) -> torch.Tensor:
+    """A view of ``rows`` ([3, ...]) whose rows lie BIG_STRIDE elements apart."""
+    inner = rows[0].numel()
+    buf = torch.empty(2 * BIG_STRIDE + inner, dtype=rows.dtype, device=rows.device)
+    view = buf.as_strided(rows.shape, (BIG_STRIDE, *rows[0].stride()))
+    view.copy_(rows)
+    return view
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="interpreter test (the GPU runs real shapes)")
+def test_offsets_past_2_31_elements():
+    gr_mod, mod_mod, qk_mod = _kernel_modules()
+
+    g = torch.Generator().manual_seed(41)
+    B, L, D, N, K = 3, 1, 16, 3, 8
+    x_small = torch.randn(B, L, D, generator=g)
+    mod = torch.randn(B, 2, D, generator=g)
+    use_t = torch.tensor([[True], [False], [True]])
+    dy = torch.randn(B, L, D, generator=g)
+    x = _far_apart(x_small)
+    assert x.stride(0) * 2 > 2**31 - 1
+
+    y, mean, rstd = mod_mod._forward(x, mod, mod, use_t.to(torch.int8), 1e-6)
+    torch.testing.assert_close(y, modulated_layernorm_ref(x_small, mod, mod, use_t))
+    dx, _, _ = mod_mod._backward(x, mod, use_t.to(torch.int8), mean, rstd, _far_apart(dy))
+    xr = x_small.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(modulated_layernorm_ref(xr, mod, mod, use_t), [xr], dy)
+    torch.testing.assert_close(dx, want)
+
+    out = gr_mod._forward(x, x, mod, use_t.to(torch.int8), None)
+    torch.testing.assert_close(out, gated_residual_ref(x_small, x_small, mod, use_t))
+    dbr, _, _ = gr_mod._backward(x, mod, use_t.to(torch.int8), None, _far_apart(dy))
+    torch.testing.assert_close(dbr, dy * torch.where(use_t[..., None], mod[:, :1], mod[:, 1:]))
+
+    q_small = torch.randn(B, L, N, K, generator=g)
+    w = 1 + 0.1 * torch.randn(K, generator=g)
+    ang = torch.rand(1, L, K // 2, generator=g) * 7
+    q = _far_apart(q_small)
+    out = qk_mod._forward(q, w, ang.cos(), ang.sin(), 1e-6)
+    torch.testing.assert_close(out, qk_norm_rope_ref(q_small, w, ang.cos(), ang.sin()))
+    dq_out = torch.randn(B, L, N, K, generator=g)
+    dq, _ = qk_mod._backward(q, w, ang.cos(), ang.sin(), 1e-6, _far_apart(dq_out))
+    qr = q_small.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(qk_norm_rope_ref(qr, w, ang.cos(), ang.sin()), [qr], dq_out)
+    torch.testing.assert_close(dq, want)
+
+
+def test_custom_ops_pass_opcheck():
+    """Schemas, fake (meta) kernels and autograd registrations agree with the real ops."""
+    gr_mod, mod_mod, qk_mod = _kernel_modules()
+
+    B, L, D, N, K = 2, 5, 12, 3, 8
+    x = _rand(B, L, D, dtype=torch.float32, seed=51)
+    mod = _rand(B, 2, D, dtype=torch.float32, seed=52)
+    use_t = _use_t(B, L, 53).to(torch.int8)
+    torch.library.opcheck(mod_mod._fwd_op, (x, mod, mod, use_t, 1e-6))
+    torch.library.opcheck(gr_mod._fwd_op, (x, x, mod, use_t, mod[0, 0]))
+    q = _rand(B, L, N, K, dtype=torch.float32, seed=54)
+    w = _rand(K, dtype=torch.float32, seed=55)
+    ang = torch.rand(1, L, K // 2).to(DEVICE)
+    torch.library.opcheck(qk_mod._fwd_op, (q, w, ang.cos(), ang.sin(), 1e-6))
+
+
+@pytest.mark.parametrize(
+    "backend",
+    # the torch path has no custom ops (inductor fuses the reference); ~1 min of C++ builds
+    [pytest.param("torch", marks=pytest.mark.slow), "triton"],
+)
+def test_compiled_block_equals_eager(backend):
+    """torch.compile (inductor, fullgraph: no graph break on the kernels) of a DiT block,
+    forward and backward, equals eager."""
+    from conftest import randomize, tiny_config
+
+    from mugv_dit.layers.blocks import MUGDiTBlock
+
+    torch._dynamo.reset()
+    cfg = tiny_config(hidden_size=24, num_heads=2)
+    block = randomize(MUGDiTBlock(cfg), seed=3).to(DEVICE)
+    B, L, S, D = 2, 10, 4, cfg.hidden_size
+    g = torch.Generator().manual_seed(61)
+    x = torch.randn(B, L, D, generator=g).to(DEVICE).requires_grad_(True)
+    t_mlp = torch.randn(B, 2, 6 * D, generator=g).to(DEVICE)
+    use_t = _use_t(B, L, 62)
+    text = torch.randn(B, S, D, generator=g).to(DEVICE)
+    angles = torch.rand(1, L, D // cfg.num_heads // 2, generator=g).to(DEVICE) * 9
+    cos, sin = angles.cos(), angles.sin()
+    kw = dict(kernel_backend=backend)
+    eager = block(x, t_mlp, use_t, cos, sin, text, **kw)
+    (gx_eager,) = torch.autograd.grad(eager.square().sum(), [x])
+    compiled = torch.compile(block, backend="inductor", fullgraph=True)
+    out = compiled(x, t_mlp, use_t, cos, sin, text, **kw)
+    (gx,) = torch.autograd.grad(out.square().sum(), [x])
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, gx_eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_kernels_launch_on_the_tensors_device():
+    """Inputs on cuda:1 while the current device is cuda:0 give the reference result."""
+    torch.cuda.set_device(0)
+    g = torch.Generator().manual_seed(71)
+    x = torch.randn(2, 33, 40, generator=g).to("cuda:1")
+    mod = torch.randn(2, 2, 40, generator=g).to("cuda:1")
+    use_t = (torch.rand(2, 33, generator=g) > 0.5).to("cuda:1")
+    torch.testing.assert_close(
+        modulated_layernorm(x, mod, mod, use_t, backend="triton"),
+        modulated_layernorm_ref(x, mod, mod, use_t),
+    )
+    torch.testing.assert_close(
+        gated_residual(x, x, mod, use_t, backend="triton"), gated_residual_ref(x, x, mod, use_t)
+    )
+    q = torch.randn(2, 33, 3, 16, generator=g).to("cuda:1")
+    w = torch.ones(16, device="cuda:1")
+    ang = torch.rand(1, 33, 8, device="cuda:1")
+    torch.testing.assert_close(
+        qk_norm_rope(q, w, ang.cos(), ang.sin(), backend="triton"),
+        qk_norm_rope_ref(q, w, ang.cos(), ang.sin()),
+    )
 
 
 def test_model_forward_and_backward_triton_equals_torch():
