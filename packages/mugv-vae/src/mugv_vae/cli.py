@@ -13,6 +13,7 @@ adds the traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import pickle
@@ -51,7 +52,11 @@ def _is_bad_input(exc: BaseException) -> bool:
     else (RuntimeError, out of memory, a full disk) is a failure during the work (exit 1)."""
     bad = (ValueError, TypeError, LookupError, pickle.UnpicklingError)
     files = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
-    return isinstance(exc, bad + files) or type(exc).__name__ == "SafetensorError"
+    if isinstance(exc, bad + files) or type(exc).__name__ == "SafetensorError":
+        return True
+    # OSErrors raised by loaders about a file's content carry no errno; a read-only target
+    # is the user's to fix; a full disk or an I/O error is a failure
+    return isinstance(exc, OSError) and (exc.errno is None or exc.errno == errno.EROFS)
 
 
 def run_command(fn: Callable[[], int], debug: bool = False) -> int:

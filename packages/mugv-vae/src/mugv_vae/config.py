@@ -217,14 +217,16 @@ class VAEConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def _accepts(value: Any, hint: Any) -> bool:
+def _accepts(value: Any, hint: Any, strict: bool = True) -> bool:
+    """Whether ``value`` fits ``hint``; ``strict=False`` only checks the kind (a NaN is a
+    float, "fast" is a string, a 2-tuple is a tuple), telling a ValueError from a TypeError."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return True
     if origin in (typing.Union, types.UnionType):
-        return any(_accepts(value, a) for a in args)
+        return any(_accepts(value, a, strict) for a in args)
     if origin is Literal:
-        return any(value == a and type(value) is type(a) for a in args)
+        return any((value == a or not strict) and type(value) is type(a) for a in args)
     if hint is type(None):
         return value is None
     if hint is bool:
@@ -233,14 +235,18 @@ def _accepts(value: Any, hint: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
         return (
-            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and (math.isfinite(value) or not strict)
         )
     if origin is tuple:
         if not isinstance(value, tuple):
             return False
         if len(args) == 2 and args[1] is Ellipsis:
-            return all(_accepts(v, args[0]) for v in value)
-        return len(value) == len(args) and all(map(_accepts, value, args))
+            return all(_accepts(v, args[0], strict) for v in value)
+        if len(value) != len(args):
+            return not strict and all(_accepts(v, args[0], strict) for v in value)
+        return all(_accepts(v, a, strict) for v, a in zip(value, args, strict=True))
     if origin is dict:
         return isinstance(value, dict)
     return isinstance(value, origin or hint)
@@ -276,7 +282,8 @@ def check_fields(obj: Any) -> None:
             value = tuple(value)
             object.__setattr__(obj, f.name, value)
         if not _accepts(value, hint):
-            raise TypeError(
+            error = ValueError if _accepts(value, hint, strict=False) else TypeError
+            raise error(
                 f"{type(obj).__name__}.{f.name} must be {_describe(hint)}, got {value!r} "
                 f"({type(value).__name__})"
             )

@@ -314,7 +314,9 @@ class VAETrainer:
         path = ckpts[-1]
         from safetensors.torch import load_file
 
-        weights = path / "model.safetensors"
+        weights = path / "diffusion_pytorch_model.safetensors"
+        if not weights.is_file():  # written before VideoVAE was a diffusers model
+            weights = path / "model.safetensors"
         try:
             tensors = load_file(weights)
         except Exception as exc:  # safetensors raises its own error type for bad files
