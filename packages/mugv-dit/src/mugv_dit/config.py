@@ -7,6 +7,9 @@ preset has head dim 72 and 56 blocks, except ``debug`` (2 blocks, converter tabl
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -70,11 +73,23 @@ class DiTConfig:
     """Free-form metadata carried through ``config.json`` (ignored by the model)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        if isinstance(self.patch_size, list):
+            object.__setattr__(self, "patch_size", tuple(self.patch_size))
+        _check_fields(self)
         for name in ("depth", "hidden_size", "num_heads", "in_channels", "text_dim"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if value <= 0:
                 raise ValueError(f"DiTConfig.{name} must be a positive int, got {value!r}")
+        for name in (
+            "mlp_ratio", "rope_theta", "norm_eps", "qk_norm_eps", "caption_norm_eps", "default_fps",
+            "rope_space_positions", "rope_time_positions", "frequency_embedding_size",
+        ):  # fmt: skip
+            if getattr(self, name) <= 0:
+                raise ValueError(f"DiTConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.initializer_range < 0:
+            raise ValueError(
+                f"DiTConfig.initializer_range must be >= 0, got {self.initializer_range}"
+            )
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ValueError(
                 f"DiTConfig.patch_size must be three positive ints, got {self.patch_size}"
@@ -137,13 +152,77 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiTConfig:
+        """Inverse of :meth:`to_dict`; unknown fields and bad values raise naming them."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a DiTConfig must be a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(
                 f"config has unknown fields {unknown}; a DiTConfig has {sorted(names)}"
             )
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+            and f.name not in data
+        )
+        if missing:
+            raise ValueError(f"config lacks the required DiTConfig fields {missing}")
         return cls(**data)
+
+
+def _accepts(value: Any, hint: Any, strict: bool = True) -> bool:
+    """Whether ``value`` fits ``hint``; ``strict=False`` only checks the kind (a NaN is a
+    float, "fast" is a string, a 2-tuple is a tuple), telling a ValueError from a TypeError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(value, a, strict) for a in args)
+    if origin is Literal:
+        return any((value == a or not strict) and type(value) is type(a) for a in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        real = isinstance(value, int | float) and not isinstance(value, bool)
+        return real and (math.isfinite(value) or not strict)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(value) != len(args):
+            return not strict and all(_accepts(v, args[0], strict) for v in value)
+        return all(_accepts(v, a, strict) for v, a in zip(value, args, strict=True))
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, origin or hint)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if hint is float:
+        return "a finite number"
+    if origin is tuple:
+        return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+    return getattr(origin or hint, "__name__", str(hint))
+
+
+def _check_fields(config: DiTConfig) -> None:
+    """Every field against its annotation: a TypeError naming the field, value and type."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not _accepts(value, hints[f.name]):
+            error = ValueError if _accepts(value, hints[f.name], strict=False) else TypeError
+            raise error(
+                f"DiTConfig.{f.name} must be {_describe(hints[f.name])}, got {value!r} "
+                f"({type(value).__name__})"
+            )
 
 
 def _size(hidden: int, heads: int, depth: int = 56) -> DiTConfig:

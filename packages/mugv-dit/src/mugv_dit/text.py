@@ -18,6 +18,34 @@ import torch
 T5_XXL = "DeepFloyd/t5-v1_1-xxl"
 
 
+def check_prompts(prompts: Any, name: str = "prompts") -> list[str]:
+    """``prompts`` as a non-empty list of valid Unicode strings, or a TypeError /
+    ValueError naming the offending prompt (a lone surrogate such as ``"\\ud800"`` cannot
+    be tokenised or written anywhere)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    elif isinstance(prompts, list | tuple):
+        prompts = list(prompts)
+    else:
+        raise TypeError(
+            f"{name} must be a string or a list of strings, got {type(prompts).__name__}"
+        )
+    if not prompts:
+        raise ValueError(f"{name} must be a string or a non-empty list of strings, got []")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise TypeError(f"{name}[{i}] must be a string, got {p!r} ({type(p).__name__})")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = p[exc.start]
+            raise ValueError(
+                f"{name}[{i}] holds a lone surrogate U+{ord(bad):04X} at character "
+                f"{exc.start}: not valid Unicode text; fix the prompt's encoding"
+            ) from None
+    return prompts
+
+
 class TextEncoder:
     """Encode prompts to (embeddings [B, S, E] float, mask [B, S] bool).
 
@@ -40,8 +68,19 @@ class TextEncoder:
     ) -> None:
         from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
 
-        if max_length < 1:
-            raise ValueError(f"max_length must be positive, got {max_length}")
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+            raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(
+                f"dtype must be a torch.dtype such as torch.float32, got {dtype!r} "
+                f"({type(dtype).__name__})"
+            )
+        if not isinstance(name_or_path, str | os.PathLike) or not str(name_or_path).strip():
+            raise TypeError(f"name_or_path must be a Hub id or a folder path, got {name_or_path!r}")
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device {device!r} is not a torch device ({exc})") from exc
         kwargs = {
             "local_files_only": local_files_only,
             "revision": revision,
@@ -71,10 +110,7 @@ class TextEncoder:
 
     def tokenize(self, prompts: str | list[str]) -> dict[str, torch.Tensor]:
         """Token ids and attention mask, padded to ``max_length`` (official tokenisation)."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompts must be a string or a non-empty list of strings")
+        prompts = check_prompts(prompts)
         return self.tokenizer(
             prompts,
             max_length=self.max_length,
