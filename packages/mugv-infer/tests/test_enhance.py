@@ -710,3 +710,142 @@ def test_offline_without_cache_says_how_to_download(tmp_path):
     with offline_hf_cache(tmp_path / "empty"), pytest.raises(FileNotFoundError) as err:
         MUGVEnhancer.from_pretrained(**FP32)
     assert "huggingface-cli download MUG-V/MUG-V-inference" in str(err.value)
+
+
+# --------------------------------------------------------------------------- chaining and CLI
+
+
+def _mp4(path, frames=FRAMES, size=(H, Wd), fps=24.0):
+    video = _video(frames=frames) if size == (H, Wd) else torch.zeros(1, 3, frames, *size)
+    u8 = ((video[0] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    return write_mp4(u8, path, fps=fps)
+
+
+class _FixedText:
+    """Fixed random text embeddings for the generator (no encoder weights needed)."""
+
+    dim = 16
+
+    def __call__(self, prompts):
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(len(prompts), 8, 16, generator=g), torch.ones(
+            len(prompts), 8, dtype=torch.bool
+        )
+
+
+def _generator_models():
+    import mugv_dit
+    import mugv_vae
+
+    torch.manual_seed(0)
+    dit = mugv_dit.MUGDiT(mugv_dit.DiTConfig.preset("debug", text_dim=16))
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return dit.eval(), mugv_vae.VideoVAE(mugv_vae.VAEConfig.preset("debug")).eval()
+
+
+def test_pipeline_enhance_chains_generation(enhancer, tmp_path):
+    """pipe.enhance(output) == the enhancer on the generated pixels (tensor and MP4 outputs)."""
+    from mugv_infer import MUGVPipeline
+
+    pipe = MUGVPipeline(*_generator_models(), _FixedText())
+    kwargs = dict(duration=17, height=H, width=Wd, steps=2, progress=False, seed=1)
+    out = pipe("a fox", output_type="pt", **kwargs)
+    enhanced = pipe.enhance(out, "a red fox", enhancer=enhancer, seed=5)
+    assert pipe.enhancer is enhancer
+    assert torch.equal(enhanced.videos, enhancer(out.videos, "a red fox", seed=5).videos)
+    assert enhanced.videos.shape == out.videos.shape == (1, 3, 17, H, Wd)
+    files = pipe("a fox", output_type="mp4", output_path=tmp_path / "gen.mp4", **kwargs)
+    res = pipe.enhance(files, seed=5, output_type="mp4", output_path=tmp_path / "enh")
+    assert res.paths == [tmp_path / "enh" / "0000_gen_enhance.mp4"]
+    assert read_mp4(res.paths[0]).fps == files.write_fps
+
+
+def test_cli_enhance_single_batch_and_errors(hub, tmp_path, capsys):
+    from mugv_infer.cli import main
+
+    common = ["--device", "cpu", "--dtype", "fp32", "--head-dim", str(HEAD_DIM), "--seed", "3"]
+    src = _mp4(tmp_path / "clip.mp4")
+    out = tmp_path / "sharp.mp4"
+    with offline_hf_cache(hub):
+        assert main(["enhance", str(src), "--prompt", "a red fox", "--out", str(out), *common]) == 0
+        assert capsys.readouterr().out.split() == [str(out)]
+        clip = read_mp4(out)
+        assert (clip.num_frames, clip.size, clip.fps) == (FRAMES, (H, Wd), 24.0)
+        # The same through the API (default quirks: bf16 input, truncation), written alike.
+        with offline_hf_cache(hub):
+            api = MUGVEnhancer.from_pretrained(**FP32)
+        want = api(src, "a red fox", seed=3, output_type="np").videos[0]
+        again = read_mp4(write_mp4(want, tmp_path / "api.mp4", fps=24.0, crf=5))
+        assert np.array_equal(clip.frames, again.frames)
+
+        _mp4(tmp_path / "in" / "b.mp4")
+        sheet = tmp_path / "sample.csv"
+        sheet.write_text("file_name,text\nclip.mp4,a red fox\nb.mp4,sharp video\n")
+        (tmp_path / "in" / "clip.mp4").write_bytes(src.read_bytes())
+        assert main(["enhance", "--batch", str(sheet), "--video-dir", str(tmp_path / "in"),
+                     "--out-dir", str(tmp_path / "o"), *common]) == 0  # fmt: skip
+        printed = capsys.readouterr().out.split()
+        assert printed == [str(tmp_path / "o" / "0000_clip_enhance.mp4"),
+                           str(tmp_path / "o" / "0001_b_enhance.mp4")]  # fmt: skip
+        assert read_mp4(printed[1]).num_frames == FRAMES
+
+    # Bad input: one error line, exit 2, before any model loads (the model repo is bogus).
+    bogus = ["--model", str(tmp_path / "no-such-model"), *common]
+    _mp4(tmp_path / "ten.mp4", frames=10)
+    _mp4(tmp_path / "odd.mp4", size=(40, 32))
+    bad_sheet = tmp_path / "bad.csv"
+    bad_sheet.write_text("video,prompt\nclip.mp4,x\n")
+    cases = [
+        ([str(tmp_path / "ten.mp4"), "--out", str(out)], r"10 frames, not 4k \+ 1.*--pad-frames"),
+        ([str(tmp_path / "odd.mp4"), "--out", str(out)], r"40 x 32, not a multiple of 16"),
+        ([str(tmp_path / "ref.png"), "--out", str(out)], r"is an image"),
+        ([str(tmp_path / "none.mp4"), "--out", str(out)], r"does not exist"),
+        ([str(src), str(src), "--out", str(out)], r"--out takes one video"),
+        (
+            ["--batch", str(bad_sheet), "--out-dir", str(tmp_path)],
+            r"columns must be file_name,text",
+        ),
+    ]
+    for argv, message in cases:
+        assert main(["enhance", *argv, *bogus]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mugv enhance: error: ") and len(err.strip().splitlines()) == 1
+        assert __import__("re").search(message, err), err
+    with offline_hf_cache(tmp_path / "empty"):
+        assert main(["enhance", str(src), "--out", str(out), *common]) == 2
+    assert "huggingface-cli download MUG-V/MUG-V-inference" in capsys.readouterr().err
+
+
+def test_cli_generate_then_enhance(files, tmp_path, capsys):
+    """mugv generate --enhance: the generated clip and <clip>_enhance.mp4 next to it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    from mugv_infer.cli import main
+
+    dit, vae = _generator_models()
+    folder = _folder(tmp_path / "models", files, main={"dit.pt": _torch_bytes(dit.state_dict()),
+                                                       "vae.pt": _torch_bytes(vae.state_dict())})  # fmt: skip
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "fox": 4}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
+    t5_dir = tmp_path / "t5"
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(t5_dir)  # fmt: skip
+    T5EncoderModel(T5Config(vocab_size=5, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
+                            decoder_start_token_id=0)).save_pretrained(t5_dir)  # fmt: skip
+    out = tmp_path / "gen.mp4"
+    argv = ["generate", "--prompt", "a fox", "--model", str(folder), "--text-encoder", str(t5_dir),
+            "--vae-preset", "debug", "--device", "cpu", "--dtype", "fp32", "--height", str(H),
+            "--width", str(Wd), "--duration", "17", "--steps", "2", "--no-progress", "--out", str(out),
+            "--enhance", "--enhancer-model", str(folder), "--head-dim", str(HEAD_DIM)]  # fmt: skip
+    assert main(argv) == 0
+    enhanced = tmp_path / "gen_enhance.mp4"
+    assert capsys.readouterr().out.split() == [str(out), str(enhanced)]
+    a, b = read_mp4(out), read_mp4(enhanced)
+    assert a.frames.shape == b.frames.shape == (17, H, Wd, 3) and a.fps == b.fps

@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, help="output MP4 (single prompt)")
     g.add_argument("--out-dir", type=Path, help="output folder (batch)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from mugv_infer.enhance._cli import add_generate_options, add_parser
+
+    add_generate_options(g)  # --enhance and the enhancer's model options
+    add_parser(sub)  # mugv enhance
     return parser
 
 
@@ -218,8 +222,16 @@ def _official_negative() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "enhance":
+            from mugv_infer.enhance._cli import run
+
+            return run(args)
         if args.command == "generate":
-            generate(args)
+            written = generate(args)
+            if args.enhance:
+                from mugv_infer.enhance._cli import enhance_generated
+
+                return enhance_generated(args, written)
     except (ValueError, FileNotFoundError, torch.OutOfMemoryError) as exc:
         print(f"mugv: error: {exc}", file=sys.stderr)
         return 2

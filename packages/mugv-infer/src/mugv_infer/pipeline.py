@@ -650,6 +650,25 @@ class MUGVPipeline:
             duration=total, **kwargs,
         )  # fmt: skip
 
+    def enhance(
+        self, output: Any, prompt: str | Sequence[str] | None = None, *, enhancer: Any = None,
+        **kwargs: Any,
+    ) -> Any:  # fmt: skip
+        """Sharpen generated clips in one step with the MUG-V enhancer (``MUGVEnhancer``).
+
+        ``output``: a ``GenerationOutput`` ("pt", "np" or "mp4") or any video the enhancer
+        takes; ``prompt`` defaults to the official enhancer prompt. ``enhancer`` defaults to
+        ``MUGVEnhancer.from_pretrained(device=self.device)``, kept as ``self.enhancer``;
+        ``kwargs`` go to its ``__call__`` (seed, output_type, output_path, ...).
+        """
+        from mugv_infer.enhance import ENHANCE_PROMPT, MUGVEnhancer
+
+        if enhancer is None:
+            enhancer = getattr(self, "enhancer", None)
+            enhancer = enhancer or MUGVEnhancer.from_pretrained(device=self.device)
+        self.enhancer = enhancer
+        return enhancer(output, ENHANCE_PROMPT if prompt is None else prompt, **kwargs)
+
 
 # ---------------------------------------------------------------------- helpers
 
