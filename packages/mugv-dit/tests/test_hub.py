@@ -25,7 +25,7 @@ def test_save_load_round_trip(tmp_path):
     model.save_pretrained(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
         "config.json",
-        "model.safetensors",
+        "diffusion_pytorch_model.safetensors",
     ]
     loaded = MUGDiT.from_pretrained(tmp_path / "m")
     assert loaded.config == model.config and not loaded.training
@@ -51,7 +51,10 @@ def test_offline_from_pretrained_our_format(tmp_path):
     build_hf_cache(
         tmp_path / "cache",
         "mug-test/tiny-dit",
-        {name: tmp_path / "src" / name for name in ("config.json", "model.safetensors")},
+        {
+            name: tmp_path / "src" / name
+            for name in ("config.json", "diffusion_pytorch_model.safetensors")
+        },
     )
     with offline_hf_cache(tmp_path / "cache"):
         loaded = MUGDiT.from_pretrained("mug-test/tiny-dit")
@@ -105,9 +108,67 @@ def test_push_to_hub_uploads_a_loadable_model(tmp_path):
     with FakeHub() as hub:
         model.push_to_hub("mug-test/pushed", token=hub.token, endpoint=hub.endpoint, private=True)
         files = hub.files("mug-test/pushed")
-    assert set(files) >= {"config.json", "model.safetensors"}
+    assert set(files) >= {"config.json", "diffusion_pytorch_model.safetensors"}
     assert json.loads(files["config.json"])["hidden_size"] == 24
     # what arrived on the hub loads back to the same model (through an offline cache)
     build_hf_cache(tmp_path / "cache", "mug-test/pushed", files)
     with offline_hf_cache(tmp_path / "cache"):
         _assert_same_weights(MUGDiT.from_pretrained("mug-test/pushed"), model)
+
+
+# -- diffusers integration ------------------------------------------------------------
+
+
+def test_config_mixin_round_trip_keeps_the_typed_config(tmp_path):
+    """config.json <-> DiTConfig through diffusers' load_config / from_config."""
+    model = tiny_model(seed=1, patch_size=(1, 2, 2), caption_norm_eps=1e-5)
+    model.save_pretrained(tmp_path / "m")
+    raw = MUGDiT.load_config(tmp_path / "m")
+    assert raw["_class_name"] == "MUGDiT" and raw["caption_norm_eps"] == 1e-5
+    rebuilt = MUGDiT.from_config(raw)
+    assert isinstance(rebuilt.config, type(model.config)) and rebuilt.config == model.config
+    assert MUGDiT(model.config).config == MUGDiT(**model.config.to_dict()).config == model.config
+    # a runtime field set on the model reaches config.json
+    model.config = model.config.replace(kernel_backend="torch")
+    model.save_pretrained(tmp_path / "m2")
+    assert MUGDiT.load_config(tmp_path / "m2")["kernel_backend"] == "torch"
+
+
+def test_pre_diffusers_folder_and_single_file_load(tmp_path):
+    from safetensors.torch import save_file
+
+    model = tiny_model(seed=8)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, legacy / "model.safetensors"
+    )
+    (legacy / "config.json").write_text(json.dumps(model.config.to_dict()))
+    _assert_same_weights(MUGDiT.from_pretrained(legacy), model)
+    torch.save(model.state_dict(), tmp_path / "dit.pt")
+    single = MUGDiT.from_single_file(tmp_path / "dit.pt", torch_dtype=torch.bfloat16)
+    assert single.dtype == torch.bfloat16
+    for k, v in model.state_dict().items():
+        assert torch.equal(single.state_dict()[k], v.bfloat16()), k
+
+
+def test_diffusers_folder_with_extra_tensor_is_refused(tmp_path):
+    """diffusers only warns about unexpected keys; the official-layout contract is strict."""
+    from safetensors.torch import load_file, save_file
+
+    tiny_model(seed=1).save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "diffusion_pytorch_model.safetensors"
+    state = load_file(path)
+    state["blocks.9.attn.qkv.weight"] = torch.zeros(1)
+    save_file(state, path)
+    with pytest.raises(ValueError, match=r"unexpected keys: blocks\.9\.attn\.qkv\.weight"):
+        MUGDiT.from_pretrained(tmp_path / "m")
+
+
+def test_too_old_diffusers_names_the_minimum():
+    from mugv_dit._checkpoint import MIN_DIFFUSERS, check_diffusers_version
+
+    check_diffusers_version(MIN_DIFFUSERS, feature="MUGDiT")
+    check_diffusers_version("0.42.1.dev0", feature="MUGDiT")
+    with pytest.raises(ImportError, match=rf"MUGDiT needs diffusers>={MIN_DIFFUSERS}.*0\.30\.2"):
+        check_diffusers_version("0.30.2", feature="MUGDiT")

@@ -116,7 +116,10 @@ def test_convert_official_checkpoint_and_cli(tmp_path):
     model = tiny_model(seed=1)
     torch.save(model.state_dict(), tmp_path / "dit.pt")
     out = convert_official_checkpoint(tmp_path / "dit.pt", tmp_path / "ours")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
     assert json.loads((out / "config.json").read_text())["hidden_size"] == 24
     loaded = MUGDiT.from_pretrained(out)
     for k, v in model.state_dict().items():

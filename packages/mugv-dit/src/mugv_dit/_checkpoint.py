@@ -1,7 +1,10 @@
-"""Checkpoint formats: the official ``dit.pt`` and ours (``config.json`` + safetensors).
+"""Checkpoint formats: the official ``dit.pt`` and the diffusers folder.
 
-The official file is a plain state dict with the keys of reference §A.2. Ours stores the
-same keys in ``model.safetensors`` next to a ``config.json`` holding `DiTConfig.to_dict()`.
+The official file is a plain state dict with the keys of reference §A.2. The diffusers
+folder (``MUGDiT.save_pretrained``) stores the same keys in
+``diffusion_pytorch_model.safetensors`` next to a ``config.json`` holding the
+`DiTConfig` fields (plus diffusers' ``_class_name``). Folders written before MUGDiT was a
+diffusers model (``model.safetensors``) still load.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from torch import nn
 from mugv_dit.config import DiTConfig
 
 CONFIG_NAME = "config.json"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+DIFFUSERS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 WEIGHTS_NAME = "model.safetensors"
+"""The weights file of folders written before MUGDiT became a diffusers model (read only)."""
 OFFICIAL_NAME = "dit.pt"
 _HEAD_DIM_KEY = "blocks.0.attn.q_norm.weight"
 
@@ -113,11 +119,27 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, sou
     )
 
 
-def load_ours(config_path: str | os.PathLike[str], weights_path: str | os.PathLike[str]):
-    """Read our format: (DiTConfig, state dict)."""
+def read_config_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``config.json`` as a dict, or a ValueError naming the file (never anything else)."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a valid config.json (JSON text): {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a valid config.json: a JSON object is needed")
+    return data
+
+
+def config_from_json(data: Mapping[str, Any]) -> DiTConfig:
+    """A `DiTConfig` from a ``config.json`` (diffusers' private ``_*`` keys ignored)."""
+    return DiTConfig.from_dict({k: v for k, v in data.items() if not k.startswith("_")})
+
+
+def load_legacy(config_path: str | os.PathLike[str], weights_path: str | os.PathLike[str]):
+    """Read a pre-diffusers folder: (DiTConfig, state dict)."""
     from safetensors.torch import load_file
 
-    config = DiTConfig.from_dict(json.loads(Path(config_path).read_text()))
+    config = config_from_json(read_config_json(config_path))
     return config, load_file(str(weights_path))
 
 
@@ -140,8 +162,11 @@ def save_state_dict(
     *,
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` atomically; returns the folder."""
+    """Write a diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``)
+    atomically without building the model; returns the folder."""
     from safetensors.torch import save_file
+
+    from mugv_dit.model import MUGDiT
 
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,15 +175,12 @@ def save_state_dict(
         for k, v in state.items()
     }
     _atomic_write(
-        out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})
+        out / DIFFUSERS_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})
     )
-    text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+    with torch.device("meta"):
+        text = MUGDiT(config).to_json_string()
     _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
     return out
-
-
-def save_ours(model: nn.Module, save_directory, *, dtype: torch.dtype | None = None) -> Path:
-    return save_state_dict(model.state_dict(), model.config, save_directory, dtype=dtype)
 
 
 def convert_official_checkpoint(
@@ -168,7 +190,7 @@ def convert_official_checkpoint(
     dtype: torch.dtype | None = None,
     config: DiTConfig | None = None,
 ) -> Path:
-    """Convert an official ``dit.pt`` into our ``config.json`` + ``model.safetensors``.
+    """Convert an official ``dit.pt`` into a diffusers folder (`MUGDiT.save_pretrained`'s).
 
     Every key and shape is checked against the inferred (or given) architecture first,
     so a converted folder always loads with `MUGDiT.from_pretrained`. Returns ``dst_dir``.
@@ -186,43 +208,62 @@ def convert_official_checkpoint(
 # -- the Hub ---------------------------------------------------------------------------
 def _hub_download(repo_id: str, filename: str, **kwargs: Any) -> str | None:
     """Download one file; None when the repo (or the offline cache) does not have it."""
-    from huggingface_hub import hf_hub_download
+    import huggingface_hub
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
-        return hf_hub_download(repo_id, filename, **kwargs)
+        return huggingface_hub.hf_hub_download(repo_id, filename, **kwargs)
     except (EntryNotFoundError, LocalEntryNotFoundError):
         return None
+
+
+def _folder_kind(folder: Path) -> tuple[str, list[str]] | None:
+    if (folder / CONFIG_NAME).is_file():
+        if (folder / DIFFUSERS_WEIGHTS).is_file() or (folder / DIFFUSERS_INDEX).is_file():
+            return "diffusers", [str(folder)]
+        if (folder / WEIGHTS_NAME).is_file():
+            return "legacy", [str(folder / CONFIG_NAME), str(folder / WEIGHTS_NAME)]
+    if (folder / OFFICIAL_NAME).is_file():
+        return "official", [str(folder / OFFICIAL_NAME)]
+    return None
 
 
 def resolve_pretrained(
     name_or_path: str | os.PathLike[str],
     *,
+    subfolder: str | None = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | None = None,
     endpoint: str | None = None,
     local_files_only: bool = False,
 ) -> tuple[str, list[str]]:
-    """Find the files to load: ("ours", [config, weights]) or ("official", [dit.pt])."""
+    """Find the files to load, locally or through the Hugging Face cache.
+
+    Returns ("diffusers", [folder]) for a ``save_pretrained`` folder (``config.json`` +
+    ``diffusion_pytorch_model.safetensors``, possibly sharded), ("legacy", [config,
+    weights]) for the pre-diffusers ``model.safetensors`` folders, or ("official",
+    [dit.pt]). Only the files of the chosen format are downloaded.
+    """
     path = Path(name_or_path)
     if path.is_file():
         return "official", [str(path)]
     if path.is_dir():
-        if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
-            return "ours", [str(path / CONFIG_NAME), str(path / WEIGHTS_NAME)]
-        if (path / OFFICIAL_NAME).is_file():
-            return "official", [str(path / OFFICIAL_NAME)]
-        raise FileNotFoundError(
-            f"{path} holds neither {CONFIG_NAME} + {WEIGHTS_NAME} (save_pretrained) nor the "
-            f"official {OFFICIAL_NAME}"
-        )
+        folder = path / subfolder if subfolder else path
+        found = _folder_kind(folder)
+        if found is None:
+            raise FileNotFoundError(
+                f"{folder} holds neither {CONFIG_NAME} + {DIFFUSERS_WEIGHTS} (save_pretrained) "
+                f"nor the official {OFFICIAL_NAME}"
+            )
+        return found
     repo_id = str(name_or_path)
     if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
         raise FileNotFoundError(
             f"{repo_id!r} is neither an existing local path nor a Hub repo id ('org/name')"
         )
     kwargs: dict[str, Any] = {
+        "subfolder": subfolder,
         "revision": revision,
         "cache_dir": cache_dir,
         "token": token,
@@ -232,41 +273,152 @@ def resolve_pretrained(
         kwargs["endpoint"] = endpoint
     config = _hub_download(repo_id, CONFIG_NAME, **kwargs)
     if config is not None:
-        weights = _hub_download(repo_id, WEIGHTS_NAME, **kwargs)
-        if weights is None:
-            raise FileNotFoundError(
-                f"Hub repo {repo_id} has {CONFIG_NAME} but no {WEIGHTS_NAME} (or it is not in "
-                "the local cache while offline); the weights are missing"
-            )
-        return "ours", [config, weights]
+        for name in (DIFFUSERS_WEIGHTS, DIFFUSERS_INDEX, WEIGHTS_NAME):
+            weights = _hub_download(repo_id, name, **kwargs)
+            if weights is None:
+                continue
+            if name == DIFFUSERS_INDEX:  # sharded: fetch every shard the index names
+                shards = sorted(set(json.loads(Path(weights).read_text())["weight_map"].values()))
+                for shard in shards:
+                    if _hub_download(repo_id, shard, **kwargs) is None:
+                        raise FileNotFoundError(f"Hub repo {repo_id} lacks the shard {shard}")
+            if name == WEIGHTS_NAME:
+                return "legacy", [config, weights]
+            return "diffusers", [str(Path(weights).parent)]
+        raise FileNotFoundError(
+            f"Hub repo {repo_id} has {CONFIG_NAME} but no {DIFFUSERS_WEIGHTS} (or it is not in "
+            "the local cache while offline); the weights are missing"
+        )
     official = _hub_download(repo_id, OFFICIAL_NAME, **kwargs)
     if official is not None:
         return "official", [official]
     raise FileNotFoundError(
         f"no MUG-DiT weights found for {repo_id}: it has neither {CONFIG_NAME} + "
-        f"{WEIGHTS_NAME} nor {OFFICIAL_NAME}, or they are not in the Hugging Face cache while "
-        "offline (HF_HUB_OFFLINE=1). Download them once online, or pass a local folder."
+        f"{DIFFUSERS_WEIGHTS} nor {OFFICIAL_NAME}, or they are not in the Hugging Face cache "
+        "while offline (HF_HUB_OFFLINE=1). Download them once online, or pass a local folder."
     )
 
 
-def push_to_hub(
-    model: nn.Module,
+def stored_dtype(folder: str | os.PathLike[str]) -> torch.dtype | None:
+    """dtype of the first floating tensor of a diffusers folder's (first) safetensors file:
+    diffusers would load into float32 unless told, we keep the saved dtype."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    path = folder / DIFFUSERS_WEIGHTS
+    if not path.is_file() and (folder / DIFFUSERS_INDEX).is_file():
+        weight_map = json.loads((folder / DIFFUSERS_INDEX).read_text())["weight_map"]
+        path = folder / sorted(set(weight_map.values()))[0]
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+            dtype = f.get_slice(name).get_dtype()
+            if dtype in ("F32", "F16", "BF16", "F64"):
+                return {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                        "F64": torch.float64}[dtype]  # fmt: skip
+    return None
+
+
+def check_loading_info(info: Mapping[str, Any], *, source: str, cls_name: str) -> None:
+    """Turn diffusers' loading report into the strict error (diffusers only warns about
+    unexpected keys)."""
+    problems = []
+    for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected")):
+        keys = sorted(info.get(key) or [])
+        if keys:
+            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+            problems.append(f"{what} keys: {shown}")
+    mismatched = info.get("mismatched_keys") or []
+    if mismatched:
+        problems.append(
+            "shape mismatches: "
+            + ", ".join(f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in mismatched)
+        )
+    if problems:
+        raise ValueError(
+            f"checkpoint {source} does not fit {cls_name}: " + "; ".join(problems) + "."
+        )
+
+
+def atomic_save_folder(save, save_directory: str | os.PathLike[str]) -> Path:
+    """Run ``save(tmp_dir)`` in a temporary folder next to ``save_directory``, then move
+    every file it wrote into place with ``os.replace`` (``config.json`` last), so a reader
+    never sees a half-written file."""
+    out = Path(save_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        save(tmp)
+        names = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        for name in sorted(names, key=lambda n: n == CONFIG_NAME):
+            os.replace(tmp / name, out / name)
+    finally:
+        for leftover in tmp.iterdir() if tmp.exists() else []:
+            leftover.unlink()
+        if tmp.exists():
+            tmp.rmdir()
+    return out
+
+
+def push_folder_to_hub(
+    save,
     repo_id: str,
     *,
     token: str | None = None,
     endpoint: str | None = None,
-    private: bool = False,
+    private: bool | None = None,
     revision: str | None = None,
-    commit_message: str = "Upload MUG-DiT",
-    dtype: torch.dtype | None = None,
+    commit_message: str,
+    create_pr: bool = False,
 ) -> str:
+    """Create ``repo_id`` if needed, ``save(tmp)`` and upload the folder in one commit.
+
+    diffusers' ``push_to_hub`` always talks to the default endpoint; this takes ``endpoint``
+    (a private Hub, or a test server). Returns the commit URL.
+    """
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=endpoint, token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mugv-dit-push-") as tmp:
-        save_ours(model, tmp, dtype=dtype)
+    with tempfile.TemporaryDirectory(prefix="mugv-push-") as tmp:
+        save(tmp)
         info = api.upload_folder(
-            repo_id=repo_id, folder_path=tmp, revision=revision, commit_message=commit_message
+            repo_id=repo_id,
+            folder_path=tmp,
+            revision=revision,
+            commit_message=commit_message,
+            create_pr=create_pr,
         )
     return str(getattr(info, "commit_url", info))
+
+
+# -- diffusers ---------------------------------------------------------------------------
+MIN_DIFFUSERS = "0.32.0"
+"""Oldest diffusers with everything MUGDiT uses: ModelMixin/ConfigMixin, PeftAdapterMixin's
+``load_lora_adapter`` and the torchao quantizer."""
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(m.group()) for part in version.split(".")[:3] if (m := re.match(r"\d+", part)))
+
+
+def check_diffusers_version(found: str, minimum: str = MIN_DIFFUSERS, *, feature: str) -> None:
+    """ImportError naming the minimum when ``found`` is older than ``minimum``."""
+    if _release(found) < _release(minimum):
+        raise ImportError(
+            f"{feature} needs diffusers>={minimum}, but diffusers {found} is installed; "
+            f"upgrade it: pip install -U 'diffusers>={minimum}'"
+        )
+
+
+def require_diffusers(minimum: str = MIN_DIFFUSERS, *, feature: str = "mugv-dit") -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("diffusers")
+    except PackageNotFoundError as exc:
+        raise ImportError(
+            f"{feature} needs diffusers>={minimum}: pip install 'diffusers>={minimum}'"
+        ) from exc
+    check_diffusers_version(found, minimum, feature=feature)

@@ -11,7 +11,11 @@ unpatchify with cropping.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mugv_dit._attention import check_attention_backend
+from mugv_dit._checkpoint import require_diffusers
 from mugv_dit.config import DiTConfig
 from mugv_dit.kernels import resolve_kernel_backend
 from mugv_dit.layers.blocks import MUGDiTBlock
@@ -31,20 +36,65 @@ from mugv_dit.layers.embedders import (
 )
 from mugv_dit.layers.rope import RotaryEmbedding3D
 
+require_diffusers(feature="MUGDiT")
 
-class MUGDiT(nn.Module):
+from diffusers import ConfigMixin, ModelMixin  # noqa: E402  (after the version check)
+from diffusers.loaders import PeftAdapterMixin  # noqa: E402
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(DiTConfig))
+_raw_config = threading.local()
+
+
+@contextlib.contextmanager
+def _diffusers_config_view() -> Iterator[None]:
+    """Inside diffusers' own loading code ``model.config`` is diffusers' dict: its quantizers
+    write attributes onto it (``model.config.quantization_config = ...``), which a frozen
+    `DiTConfig` refuses. Everywhere else ``model.config`` is the typed `DiTConfig`."""
+    before = getattr(_raw_config, "on", False)
+    _raw_config.on = True
+    try:
+        yield
+    finally:
+        _raw_config.on = before
+
+
+def _as_config(config: DiTConfig | Mapping[str, Any] | None, fields: dict[str, Any]) -> DiTConfig:
+    if isinstance(config, DiTConfig):
+        return config.replace(**fields) if fields else config
+    if isinstance(config, Mapping):  # diffusers' config dict, e.g. MUGDiT(other.config)
+        data = {k: v for k, v in config.items() if not k.startswith("_")}
+        return DiTConfig.from_dict({**data, **fields})
+    if config is not None:
+        raise TypeError(f"config must be a DiTConfig or a dict, got {type(config).__name__}")
+    return DiTConfig.from_dict(fields)
+
+
+class MUGDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
     """MUG-DiT. ``MUGDiT(DiTConfig.preset("10b"))`` builds the official 10B architecture.
 
-    Module names and state-dict keys equal the official ``dit.pt`` (reference §A.2), so
-    ``load_state_dict(official, strict=True)`` works. Use ``from_pretrained`` /
-    ``from_official`` to load weights and ``save_pretrained`` / ``push_to_hub`` to share them.
+    A diffusers model: ``from_pretrained`` / ``save_pretrained`` / ``push_to_hub``, LoRA
+    adapters (``load_lora_adapter``), quantization configs, group offloading. Module names
+    and state-dict keys equal the official ``dit.pt`` (reference §A.2), so
+    ``load_state_dict(official, strict=True)`` works; ``from_single_file`` reads that file.
+    ``MUGDiT(config)`` takes a `DiTConfig` (or its fields as keywords: ``MUGDiT(depth=2,
+    ...)``, which is how diffusers' ``from_config`` builds it); ``model.config`` is that
+    `DiTConfig`, and ``config.json`` holds its fields.
     """
 
-    def __init__(self, config: DiTConfig) -> None:
+    config_name = "config.json"
+    _supports_group_offloading = True
+    _no_split_modules: tuple[str, ...] = ("MUGDiTBlock",)
+    _skip_layerwise_casting_patterns: tuple[str, ...] = (
+        "x_embedder", "t_embedder", "fps_embedder", "norm",
+    )  # fmt: skip
+
+    def __init__(self, config: DiTConfig | Mapping[str, Any] | None = None, **fields: Any) -> None:
         super().__init__()
+        config = _as_config(config, fields)
         check_attention_backend(config.attention_backend)
         resolve_kernel_backend(config.kernel_backend, torch.device("cpu"))
-        self.config = config
+        self.register_to_config(**config.to_dict())
+        self._typed_config = config
         D = config.hidden_size
         self.x_embedder = PatchEmbed3D(config.patch_size, config.in_channels, D)
         self.t_embedder = TimestepEmbedder(D, config.frequency_embedding_size)
@@ -103,6 +153,29 @@ class MUGDiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
+    # -- config ---------------------------------------------------------------------------
+    @staticmethod
+    def _get_init_keys(input_class: type) -> set[str]:
+        # ConfigMixin matches config.json keys against __init__'s parameters; ours are the
+        # DiTConfig fields (taken as **fields), so from_config(config.json) builds the model.
+        if isinstance(input_class, type) and issubclass(input_class, MUGDiT):
+            return {"self", *_FIELDS}
+        return ConfigMixin._get_init_keys(input_class)
+
+    @property
+    def config(self) -> DiTConfig:  # type: ignore[override]
+        """The model's `DiTConfig` (settable: runtime fields such as backends)."""
+        if getattr(_raw_config, "on", False):
+            return self._internal_dict
+        return self._typed_config
+
+    @config.setter
+    def config(self, value: DiTConfig) -> None:
+        if not isinstance(value, DiTConfig):
+            raise TypeError(f"config must be a DiTConfig, got {type(value).__name__}")
+        self.register_to_config(**value.to_dict())
+        self._typed_config = value
+
     # -- properties -----------------------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
@@ -136,7 +209,8 @@ class MUGDiT(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-        if x.device != self.device:
+        offloaded = getattr(self, "_hf_hook", None) is not None  # accelerate moves weights
+        if x.device != self.device and not offloaded:
             raise ValueError(
                 f"x is on {x.device} but the model is on {self.device}; move one of them"
             )
@@ -330,44 +404,96 @@ class MUGDiT(nn.Module):
         )
 
     @classmethod
+    def from_single_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        config: DiTConfig | None = None,
+        torch_dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        **config_overrides: Any,
+    ) -> MUGDiT:
+        """diffusers-style name for `from_official`: one official ``dit.pt`` (or a
+        ``.safetensors`` file with the same keys), strict keys, no pickled code executed."""
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+            return cls._from_state_dict(
+                state, config, torch_dtype, device, config_overrides, source=str(path)
+            )
+        return cls.from_official(
+            path, config=config, dtype=torch_dtype, device=device, **config_overrides
+        )
+
+    @classmethod
     def from_pretrained(
         cls,
-        name_or_path: str | os.PathLike[str],
+        pretrained_model_name_or_path: str | os.PathLike[str],
         *,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        token: str | None = None,
         endpoint: str | None = None,
-        local_files_only: bool = False,
-        **config_overrides: Any,
+        **kwargs: Any,
     ) -> MUGDiT:
-        """Load from a local folder or a Hub repo, in our format or the official one.
+        """Load from a local folder or a Hub repo: a diffusers folder, or the official one.
 
-        Our format: ``config.json`` + ``model.safetensors`` (`save_pretrained`). Official:
-        a repo or folder holding ``dit.pt`` (e.g. ``MUG-V/MUG-V-inference``, of which only
-        ``dit.pt`` is downloaded), or a path to a ``.pt`` file. Hub downloads go through
-        ``huggingface_hub`` and honour its cache and offline mode (``HF_HUB_OFFLINE=1``).
-        ``config_overrides`` change runtime fields (backends, gradient checkpointing).
+        Diffusers folder: ``config.json`` + ``diffusion_pytorch_model.safetensors``
+        (`save_pretrained`), loaded by diffusers' ``ModelMixin.from_pretrained`` (every
+        keyword of it works: ``torch_dtype``, ``quantization_config``, ``subfolder``,
+        ``revision``, ``local_files_only``, ...) and checked strictly. Official: a repo or
+        folder holding ``dit.pt`` (e.g. ``MUG-V/MUG-V-inference``, of which only ``dit.pt``
+        is downloaded), or a path to a ``.pt`` file. Downloads go through the Hugging Face
+        cache and honour offline mode (``HF_HUB_OFFLINE=1``). ``dtype`` is ``torch_dtype``;
+        `DiTConfig` fields among ``kwargs`` override runtime fields (backends, gradient
+        checkpointing).
         """
-        from mugv_dit._checkpoint import resolve_pretrained
+        from mugv_dit._checkpoint import (
+            check_loading_info,
+            config_from_json,
+            load_legacy,
+            read_config_json,
+            resolve_pretrained,
+            stored_dtype,
+        )
 
+        if dtype is not None:
+            kwargs["torch_dtype"] = dtype
+        hub = {k: kwargs.pop(k, None) for k in ("subfolder", "revision", "cache_dir", "token")}
+        local_files_only = bool(kwargs.pop("local_files_only", False))
         kind, paths = resolve_pretrained(
-            name_or_path,
-            revision=revision,
-            cache_dir=cache_dir,
-            token=token,
+            pretrained_model_name_or_path,
             endpoint=endpoint,
             local_files_only=local_files_only,
+            **hub,
         )
-        if kind == "official":
-            return cls.from_official(paths[0], dtype=dtype, device=device, **config_overrides)
-        from mugv_dit._checkpoint import load_ours
-
-        config, state = load_ours(paths[0], paths[1])
-        config = config.replace(**config_overrides) if config_overrides else config
-        return cls._from_state_dict(state, config, dtype, device, {}, source=str(name_or_path))
+        overrides = {k: kwargs.pop(k) for k in _FIELDS if k in kwargs}
+        if kind != "diffusers":
+            torch_dtype = kwargs.pop("torch_dtype", None)
+            if kwargs.get("quantization_config") is not None:
+                raise ValueError(
+                    "quantization_config needs a diffusers folder (save_pretrained); convert "
+                    "the official dit.pt first: mugv_dit.convert_official_checkpoint(...)"
+                )
+            if kind == "official":
+                return cls.from_official(paths[0], dtype=torch_dtype, device=device, **overrides)
+            config, state = load_legacy(paths[0], paths[1])
+            return cls._from_state_dict(
+                state, config, torch_dtype, device, overrides, source=str(paths[1])
+            )
+        kwargs.pop("output_loading_info", None)
+        # config.json checked before any weights are read: a clear error naming the field
+        config_from_json(read_config_json(Path(paths[0]) / "config.json"))
+        if kwargs.get("torch_dtype") is None and kwargs.get("quantization_config") is None:
+            kwargs["torch_dtype"] = stored_dtype(paths[0])  # keep the saved dtype
+        with _diffusers_config_view():
+            model, info = super().from_pretrained(
+                paths[0], output_loading_info=True, local_files_only=True, **overrides, **kwargs
+            )
+        check_loading_info(info, source=paths[0], cls_name=cls.__name__)
+        if device is not None:
+            model.to(device)
+        return model.eval()
 
     @classmethod
     def _from_state_dict(
@@ -394,38 +520,57 @@ class MUGDiT(nn.Module):
             model.to(device=device, dtype=dtype)
         return model.eval()
 
-    def save_pretrained(
-        self, save_directory: str | os.PathLike[str], *, dtype: torch.dtype | None = None
+    def save_pretrained(  # type: ignore[override]
+        self,
+        save_directory: str | os.PathLike[str],
+        *,
+        dtype: torch.dtype | None = None,
+        **kwargs: Any,
     ) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (atomically) to ``save_directory``."""
-        from mugv_dit._checkpoint import save_ours
+        """diffusers' ``save_pretrained`` (``config.json`` + ``diffusion_pytorch_model
+        .safetensors``, sharded past ``max_shard_size``), written to a temporary folder and
+        moved into place file by file. ``dtype`` casts the saved tensors (not the model).
+        Returns the folder."""
+        from mugv_dit._checkpoint import atomic_save_folder
 
-        return save_ours(self, save_directory, dtype=dtype)
+        def save(tmp: Path) -> None:
+            if dtype is None:
+                ModelMixin.save_pretrained(self, tmp, **kwargs)
+                return
+            # Cast while saving, leaving the model untouched: diffusers reads state_dict().
+            full = self.state_dict
+            self.state_dict = lambda *a, **k: {n: t.to(dtype) for n, t in full(*a, **k).items()}
+            try:
+                ModelMixin.save_pretrained(self, tmp, **kwargs)
+            finally:
+                del self.state_dict
 
-    def push_to_hub(
+        return atomic_save_folder(save, save_directory)
+
+    def push_to_hub(  # type: ignore[override]
         self,
         repo_id: str,
         *,
         token: str | None = None,
         endpoint: str | None = None,
-        private: bool = False,
+        private: bool | None = None,
         revision: str | None = None,
         commit_message: str = "Upload MUG-DiT",
+        create_pr: bool = False,
         dtype: torch.dtype | None = None,
+        **save_kwargs: Any,
     ) -> str:
-        """Save in our format and upload to the Hub repo ``repo_id`` (created if missing).
+        """`save_pretrained` and upload to the Hub repo ``repo_id`` (created if missing) in
+        one commit; ``endpoint`` selects a private Hub. Returns the commit URL."""
+        from mugv_dit._checkpoint import push_folder_to_hub
 
-        Returns the commit URL.
-        """
-        from mugv_dit._checkpoint import push_to_hub
-
-        return push_to_hub(
-            self,
+        return push_folder_to_hub(
+            lambda tmp: self.save_pretrained(tmp, dtype=dtype, **save_kwargs),
             repo_id,
             token=token,
             endpoint=endpoint,
             private=private,
             revision=revision,
             commit_message=commit_message,
-            dtype=dtype,
+            create_pr=create_pr,
         )

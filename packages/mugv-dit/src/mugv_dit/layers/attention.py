@@ -62,6 +62,9 @@ class SelfAttention(nn.Module):
             k, self.k_norm.weight, cos, sin, eps=self.k_norm.eps, backend=kernel_backend
         )
         out = attention(q, k, v, backend=attention_backend).reshape(B, L, -1)
+        if not isinstance(self.proj, nn.Linear):  # a wrapped layer (peft LoRA): run it whole
+            out = self.proj(out)
+            return out if proj_bias else out - self.proj.bias
         return F.linear(out, self.proj.weight, self.proj.bias if proj_bias else None)
 
 

@@ -42,6 +42,9 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor, *, fc2_bias: bool = True) -> torch.Tensor:
         h = F.gelu(self.fc1(x), approximate="tanh")
+        if not isinstance(self.fc2, nn.Linear):  # a wrapped layer (peft LoRA): run it whole
+            out = self.fc2(h)
+            return out if fc2_bias else out - self.fc2.bias
         return F.linear(h, self.fc2.weight, self.fc2.bias if fc2_bias else None)
 
 
