@@ -26,7 +26,7 @@ def test_save_and_load_round_trip(tmp_path) -> None:
     model.save_pretrained(tmp_path / "vae")
     assert sorted(p.name for p in (tmp_path / "vae").iterdir()) == [
         "config.json",
-        "model.safetensors",
+        "diffusion_pytorch_model.safetensors",
     ]  # no temporary files left behind
     loaded = VideoVAE.from_pretrained(tmp_path / "vae")
     assert loaded.config == model.config
@@ -43,7 +43,7 @@ def test_from_pretrained_hub_repo_offline(tmp_path) -> None:
     build_hf_cache(
         tmp_path / "cache",
         "mugv/vae-debug",
-        {n: folder / n for n in ("config.json", "model.safetensors")},
+        {n: folder / n for n in ("config.json", "diffusion_pytorch_model.safetensors")},
     )
     with offline_hf_cache(tmp_path / "cache"):
         loaded = VideoVAE.from_pretrained("mugv/vae-debug")
@@ -62,9 +62,10 @@ def test_push_to_hub_uploads_a_loadable_folder(tmp_path) -> None:
     with FakeHub() as hub:
         model.push_to_hub("org/vae", token=hub.token, endpoint=hub.endpoint, private=True)
         files = hub.files("org/vae")
-    assert set(files) >= {"config.json", "model.safetensors"}
-    assert VAEConfig.from_dict(json.loads(files["config.json"])) == model.config
-    state = load(files["model.safetensors"])
+    assert set(files) >= {"config.json", "diffusion_pytorch_model.safetensors"}
+    fields = {k: v for k, v in json.loads(files["config.json"]).items() if not k.startswith("_")}
+    assert VAEConfig.from_dict(fields) == model.config
+    state = load(files["diffusion_pytorch_model.safetensors"])
     for k, v in model.state_dict().items():
         assert torch.equal(state[k], v), k
 
@@ -141,3 +142,27 @@ def test_sdxl_trunk_from_hub_repo_and_config_mismatch(tmp_path) -> None:
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="block_out_channels"):
         model.load_diffusers_trunk(folder)
+
+
+def test_pre_diffusers_folder_config_mixin_and_version_check(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from mugv_vae._checkpoint import MIN_DIFFUSERS, check_diffusers_version
+
+    model = _model(3)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, legacy / "model.safetensors"
+    )
+    (legacy / "config.json").write_text(model.config.to_json())
+    loaded = VideoVAE.from_pretrained(legacy)
+    assert loaded.config == model.config
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    # diffusers' ConfigMixin round trip gives back the typed config
+    model.save_pretrained(tmp_path / "new")
+    rebuilt = VideoVAE.from_config(VideoVAE.load_config(tmp_path / "new"))
+    assert rebuilt.config == model.config
+    with pytest.raises(ImportError, match=rf"needs diffusers>={MIN_DIFFUSERS}"):
+        check_diffusers_version("0.29.0", feature="VideoVAE")

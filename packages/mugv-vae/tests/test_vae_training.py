@@ -199,7 +199,7 @@ def test_cli_train_then_eval(tmp_path, capsys) -> None:
          "--set", "height=16", "--set", "width=16", "--set", "num_frames=8",
          "--set", "batch_size=1"]
     )  # fmt: skip
-    assert rc == 0 and (out / "final" / "model.safetensors").is_file()
+    assert rc == 0 and (out / "final" / "diffusion_pytorch_model.safetensors").is_file()
     assert VideoVAE.from_pretrained(out / "final").config == VAEConfig.preset("debug")
     write_video(tmp_path / "v" / "c.mp4", synthetic_clip(3, 8, 16, 16), fps=8)
     rc = cli_main(["eval", "--model", str(out / "final"), "--videos", str(tmp_path / "v"),
@@ -230,7 +230,7 @@ def test_ddp_two_gloo_ranks_stay_in_sync(tmp_path) -> None:
     # weights identical
     assert res[0]["loss"] != res[1]["loss"]
     assert res[0]["weights"] == res[1]["weights"]
-    assert (tmp_path / "ddp" / "final" / "model.safetensors").is_file()
+    assert (tmp_path / "ddp" / "final" / "diffusion_pytorch_model.safetensors").is_file()
 
 
 def _changed(before: dict, after: dict, prefix: str) -> bool:

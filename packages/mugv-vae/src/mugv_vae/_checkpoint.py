@@ -1,16 +1,22 @@
-"""Checkpoints: the official ``vae.pt``, ``save_pretrained`` folders, the Hub, SDXL trunks.
+"""Checkpoints: the official ``vae.pt``, diffusers folders, the Hub, SDXL trunks.
 
-Folder format (``save_pretrained``): ``config.json`` (the ``VAEConfig`` fields) and
-``model.safetensors`` (the state dict, keys identical to the official ``vae.pt``). Every
-file is written to a temporary name and moved into place with ``os.replace``.
+Folder format (``save_pretrained``, diffusers' ``ModelMixin``): ``config.json`` (the
+``VAEConfig`` fields plus diffusers' ``_class_name``) and
+``diffusion_pytorch_model.safetensors`` (the state dict, keys identical to the official
+``vae.pt``). Every file is written to a temporary folder and moved into place with
+``os.replace``. Folders written before VideoVAE was a diffusers model (``model.safetensors``)
+still load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +29,99 @@ if TYPE_CHECKING:
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+"""Weights file of pre-diffusers folders (read only)."""
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 _MAX_LISTED = 12
+
+MIN_DIFFUSERS = "0.32.0"
+"""Oldest diffusers with the ModelMixin / ConfigMixin API VideoVAE relies on."""
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(m.group()) for part in version.split(".")[:3] if (m := re.match(r"\d+", part)))
+
+
+def check_diffusers_version(found: str, minimum: str = MIN_DIFFUSERS, *, feature: str) -> None:
+    """ImportError naming the minimum when ``found`` is older than ``minimum``."""
+    if _release(found) < _release(minimum):
+        raise ImportError(
+            f"{feature} needs diffusers>={minimum}, but diffusers {found} is installed; "
+            f"upgrade it: pip install -U 'diffusers>={minimum}'"
+        )
+
+
+def require_diffusers(minimum: str = MIN_DIFFUSERS, *, feature: str = "mugv-vae") -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("diffusers")
+    except PackageNotFoundError as exc:
+        raise ImportError(
+            f"{feature} needs diffusers>={minimum}: pip install 'diffusers>={minimum}'"
+        ) from exc
+    check_diffusers_version(found, minimum, feature=feature)
+
+
+_raw = threading.local()
+
+
+def raw_config_view() -> bool:
+    return getattr(_raw, "on", False)
+
+
+@contextlib.contextmanager
+def diffusers_config_view() -> Iterator[None]:
+    """Inside diffusers' loading code ``model.config`` is diffusers' dict (its quantizers
+    write attributes onto it); elsewhere it is the typed, frozen `VAEConfig`."""
+    before = raw_config_view()
+    _raw.on = True
+    try:
+        yield
+    finally:
+        _raw.on = before
+
+
+def atomic_save_folder(save: Callable[[Path], Any], save_directory: str | os.PathLike[str]) -> Path:
+    """``save(tmp)`` into a temporary folder next to ``save_directory``, then every file moved
+    into place with ``os.replace`` (``config.json`` last)."""
+    out = Path(save_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        save(tmp)
+        names = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        for name in sorted(names, key=lambda n: n == CONFIG_NAME):
+            os.replace(tmp / name, out / name)
+    finally:
+        for leftover in tmp.iterdir() if tmp.exists() else []:
+            leftover.unlink()
+        if tmp.exists():
+            tmp.rmdir()
+    return out
+
+
+def push_folder_to_hub(
+    save: Callable[[str], Any],
+    repo_id: str,
+    *,
+    token: str | None,
+    endpoint: str | None,
+    private: bool | None,
+    commit_message: str,
+    create_pr: bool = False,
+) -> str:
+    """Create ``repo_id`` if needed, ``save(tmp)`` and upload the folder in one commit
+    (diffusers' own ``push_to_hub`` cannot target another ``endpoint``)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mugv-push-") as tmp:
+        save(tmp)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=tmp, commit_message=commit_message, create_pr=create_pr
+        )
+    return str(getattr(info, "commit_url", info))
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -109,17 +206,6 @@ def from_official(
     return _finish(model, device, dtype)
 
 
-def save_pretrained(model: VideoVAE, directory: str | Path) -> Path:
-    from safetensors.torch import save
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write_bytes(directory / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
-    _atomic_write_bytes(directory / CONFIG_NAME, model.config.to_json().encode())
-    return directory
-
-
 def _resolve(
     path_or_repo_id: str | Path,
     filenames: list[str],
@@ -128,6 +214,8 @@ def _resolve(
     revision: str | None = None,
     token: str | None = None,
     endpoint: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
 ) -> Path:
     """A local folder holding ``filenames``: the path itself or a Hub snapshot."""
     local = Path(path_or_repo_id)
@@ -153,9 +241,37 @@ def _resolve(
             revision=revision,
             token=token,
             endpoint=endpoint,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
         )
     assert got is not None
     return Path(got).parent
+
+
+def _find_folder(path_or_repo_id: str | Path, **hub: Any) -> tuple[Path, str]:
+    """(folder, weights file name): the diffusers file, else the pre-diffusers one."""
+    local = Path(path_or_repo_id)
+    if local.exists():
+        folder = local / hub["subfolder"] if hub.get("subfolder") else local
+        for name in (DIFFUSERS_WEIGHTS, WEIGHTS_NAME):
+            if (folder / CONFIG_NAME).is_file() and (folder / name).is_file():
+                return folder, name
+        raise FileNotFoundError(
+            f"{folder} has no {CONFIG_NAME} + {DIFFUSERS_WEIGHTS} (VideoVAE.save_pretrained) "
+            "and is not an official vae.pt file"
+        )
+    repo_id = str(path_or_repo_id)
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
+        raise FileNotFoundError(
+            f"{repo_id!r} is neither an existing local path nor a Hub repo id 'org/name'"
+        )
+    try:
+        return _resolve(path_or_repo_id, [CONFIG_NAME, DIFFUSERS_WEIGHTS], **hub), DIFFUSERS_WEIGHTS
+    except Exception as first:  # not in the repo (or cache): a pre-diffusers upload?
+        try:
+            return _resolve(path_or_repo_id, [CONFIG_NAME, WEIGHTS_NAME], **hub), WEIGHTS_NAME
+        except Exception:
+            raise first from None
 
 
 def from_pretrained(
@@ -168,45 +284,76 @@ def from_pretrained(
     config: VAEConfig | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    fields: tuple[str, ...] = (),
+    **kwargs: Any,
 ) -> VideoVAE:
     from safetensors.torch import load_file
 
     p = Path(path_or_repo_id)
     if p.is_file():  # an official vae.pt
-        return from_official(cls, p, config, device=device, dtype=dtype)
-    folder = _resolve(
-        path_or_repo_id,
-        [CONFIG_NAME, WEIGHTS_NAME],
-        revision=revision,
-        token=token,
-        endpoint=endpoint,
-    )
-    if config is None:
-        config = VAEConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
-    with torch.device("meta"):
-        model = cls(config)
-    model = model.to_empty(device="cpu")
-    load_state_dict_strict(model, load_file(folder / WEIGHTS_NAME), str(folder))
-    return _finish(model, device, dtype)
+        return from_official(
+            cls, p, config, device=device, dtype=dtype or kwargs.get("torch_dtype")
+        )
+    hub = {
+        "subfolder": kwargs.pop("subfolder", None),
+        "revision": revision,
+        "token": token,
+        "endpoint": endpoint,
+        "cache_dir": kwargs.pop("cache_dir", None),
+        "local_files_only": bool(kwargs.pop("local_files_only", False)),
+    }
+    folder, weights = _find_folder(path_or_repo_id, **hub)
+    overrides = {k: kwargs.pop(k) for k in fields if k in kwargs}
+    dtype = dtype if dtype is not None else kwargs.pop("torch_dtype", None)
+    # config.json checked here, before any weights are read: a clear error naming the field
+    try:
+        data = json.loads((folder / CONFIG_NAME).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{folder / CONFIG_NAME} is not a valid config.json: {exc}") from exc
+    saved = VAEConfig.from_dict({k: v for k, v in data.items() if not k.startswith("_")})
+    if weights == WEIGHTS_NAME or config is not None:  # pre-diffusers folder, or a new topology
+        config = saved if config is None else config
+        if overrides:
+            config = config.replace(**overrides)
+        with torch.device("meta"):
+            model = cls(config)
+        model = model.to_empty(device="cpu")
+        load_state_dict_strict(model, load_file(folder / weights), str(folder))
+        return _finish(model, device, dtype)
+    kwargs.pop("output_loading_info", None)
+    if dtype is None:  # keep the saved dtype (diffusers would load float32)
+        dtype = _stored_dtype(folder / weights)
+    from diffusers import ModelMixin
+
+    with diffusers_config_view():
+        model, info = ModelMixin.from_pretrained.__func__(
+            cls, folder, torch_dtype=dtype, output_loading_info=True, local_files_only=True,
+            **overrides, **kwargs,
+        )  # fmt: skip
+    problems = {k: sorted(info[k]) for k in ("missing_keys", "unexpected_keys") if info.get(k)}
+    if problems or info.get("mismatched_keys"):
+        raise KeyError(
+            f"checkpoint {folder} does not match the model: "
+            + "; ".join(f"{k.replace('_', ' ')}: {_fmt_keys(v)}" for k, v in problems.items())
+            + (
+                f"; shape mismatches: {info['mismatched_keys']}"
+                if info.get("mismatched_keys")
+                else ""
+            )
+        )
+    return _finish(model, device, None)
 
 
-def push_to_hub(
-    model: VideoVAE,
-    repo_id: str,
-    *,
-    token: str | None = None,
-    endpoint: str | None = None,
-    private: bool = False,
-    commit_message: str = "Upload MUG-V video VAE",
-) -> str:
-    from huggingface_hub import HfApi
+def _stored_dtype(path: Path) -> torch.dtype | None:
+    from safetensors import safe_open
 
-    api = HfApi(endpoint=endpoint, token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(model, tmp)
-        api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
-    return repo_id
+    names = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+            dtype = f.get_slice(key).get_dtype()
+            if dtype in names:
+                return names[dtype]
+    return None
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,8 +21,10 @@ and the chunk, not on the frame size or the clip length.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +43,74 @@ from mugv_vae._layers import SpatialVAE, TemporalVAE
 from mugv_vae._tiled import TiledRunner
 from mugv_vae.config import SPACE_FACTOR, TIME_FACTOR, VAEConfig
 
+_checkpoint.require_diffusers(feature="VideoVAE")
+
+from diffusers import ConfigMixin, ModelMixin  # noqa: E402  (after the version check)
+from diffusers.utils.accelerate_utils import apply_forward_hook  # noqa: E402
+
 #: Values this far outside [-1, 1] are rejected; anything closer is clamped silently.
 RANGE_SLACK = 1e-3
 
 
-class VideoVAE(nn.Module):
-    """The video VAE. ``VideoVAE(VAEConfig.preset("mugv"))`` has the official topology."""
+_FIELDS = tuple(f.name for f in dataclasses.fields(VAEConfig))
 
-    def __init__(self, config: VAEConfig | None = None) -> None:
+
+def _as_config(config: VAEConfig | Mapping[str, Any] | None, fields: dict[str, Any]) -> VAEConfig:
+    if isinstance(config, VAEConfig):
+        return config.replace(**fields) if fields else config
+    if isinstance(config, Mapping):  # diffusers' config dict
+        data = {k: v for k, v in config.items() if not k.startswith("_")}
+        return VAEConfig.from_dict({**data, **fields})
+    if config is not None:
+        raise TypeError(f"config must be a VAEConfig or a dict, got {type(config).__name__}")
+    return VAEConfig.preset("mugv", **fields) if fields else VAEConfig.preset("mugv")
+
+
+class VideoVAE(ModelMixin, ConfigMixin):
+    """The video VAE. ``VideoVAE(VAEConfig.preset("mugv"))`` has the official topology.
+
+    A diffusers model (``from_pretrained`` / ``save_pretrained`` / ``push_to_hub``, offload
+    hooks). ``VideoVAE(config)`` takes a `VAEConfig` (or its fields as keywords, which is
+    how diffusers' ``from_config`` builds it); ``model.config`` is that `VAEConfig`
+    (settable, e.g. to switch tiling), and ``config.json`` holds its fields.
+    """
+
+    config_name = "config.json"
+    _supports_group_offloading = False  # encode/decode are methods, not one forward
+
+    def __init__(self, config: VAEConfig | Mapping[str, Any] | None = None, **fields: Any) -> None:
         super().__init__()
-        self.config = config if config is not None else VAEConfig.preset("mugv")
-        c = self.config
+        self.config = _as_config(config, fields)
+        c = self._typed_config
         self.spatial_vae = SpatialVAE(c)
         self.temporal_vae = TemporalVAE(c)
         self.register_buffer("scale", torch.tensor(c.latent_scale).view(1, -1, 1, 1, 1))
         self.register_buffer("shift", torch.tensor(c.latent_shift).view(1, -1, 1, 1, 1))
         self.logvar = nn.Parameter(torch.tensor(c.logvar_init))
+
+    # ------------------------------------------------------------------------------------
+    # config (typed, with diffusers' dict behind it)
+    # ------------------------------------------------------------------------------------
+    @staticmethod
+    def _get_init_keys(input_class: type) -> set[str]:
+        # config.json keys are the VAEConfig fields, taken by __init__ as **fields.
+        if isinstance(input_class, type) and issubclass(input_class, VideoVAE):
+            return {"self", *_FIELDS}
+        return ConfigMixin._get_init_keys(input_class)
+
+    @property
+    def config(self) -> VAEConfig:  # type: ignore[override]
+        """The model's `VAEConfig` (settable: run-time fields such as tiling)."""
+        if _checkpoint.raw_config_view():
+            return self._internal_dict
+        return self._typed_config
+
+    @config.setter
+    def config(self, value: VAEConfig) -> None:
+        if not isinstance(value, VAEConfig):
+            raise TypeError(f"config must be a VAEConfig, got {type(value).__name__}")
+        self.register_to_config(**value.to_dict())
+        self._typed_config = value
 
     # ------------------------------------------------------------------------------------
     # shapes and checks
@@ -255,6 +309,7 @@ class VideoVAE(nn.Module):
     # ------------------------------------------------------------------------------------
     # encode
     # ------------------------------------------------------------------------------------
+    @apply_forward_hook
     def encode_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior (mean, logvar) of ``video`` [B, 3, N, H, W], each [B, 24, T, h, w].
 
@@ -369,6 +424,7 @@ class VideoVAE(nn.Module):
         """Inverse of :meth:`normalize`."""
         return latents * self.scale.to(latents.dtype) + self.shift.to(latents.dtype)
 
+    @apply_forward_hook
     def encode(
         self,
         video: torch.Tensor,
@@ -384,6 +440,7 @@ class VideoVAE(nn.Module):
         z = self.sample_posterior(mean, logvar, generator) if sample else mean
         return self.normalize(z)
 
+    @apply_forward_hook
     def encode_image(
         self,
         image: torch.Tensor,
@@ -467,6 +524,7 @@ class VideoVAE(nn.Module):
                     pixel_width=SPACE_FACTOR * ww,
                 )
 
+    @apply_forward_hook
     def decode(
         self,
         latents: torch.Tensor,
@@ -512,9 +570,9 @@ class VideoVAE(nn.Module):
     # checkpoints (implemented in _checkpoint)
     # ------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(
+    def from_pretrained(  # type: ignore[override]
         cls,
-        path_or_repo_id: str | Path,
+        pretrained_model_name_or_path: str | os.PathLike[str],
         *,
         revision: str | None = None,
         token: str | None = None,
@@ -522,18 +580,24 @@ class VideoVAE(nn.Module):
         config: VAEConfig | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
+        **kwargs: Any,
     ) -> VideoVAE:
-        """Load a folder written by :meth:`save_pretrained`, a Hub repo holding one, or an
-        official ``vae.pt`` file (then ``config`` defaults to the ``mugv`` preset)."""
+        """Load a folder written by :meth:`save_pretrained` (through diffusers'
+        ``ModelMixin.from_pretrained``; its keywords such as ``torch_dtype`` or
+        ``subfolder`` work), a Hub repo holding one, a pre-diffusers folder
+        (``model.safetensors``), or an official ``vae.pt`` file (then ``config`` defaults to
+        the ``mugv`` preset). `VAEConfig` fields among ``kwargs`` override run-time fields."""
         return _checkpoint.from_pretrained(
             cls,
-            path_or_repo_id,
+            pretrained_model_name_or_path,
             revision=revision,
             token=token,
             endpoint=endpoint,
             config=config,
             device=device,
             dtype=dtype,
+            fields=_FIELDS,
+            **kwargs,
         )
 
     @classmethod
@@ -548,24 +612,44 @@ class VideoVAE(nn.Module):
         """Load the official ``vae.pt`` (``torch.load(weights_only=True)``, strict keys)."""
         return _checkpoint.from_official(cls, path, config, device=device, dtype=dtype)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (atomically) to ``directory``."""
-        return _checkpoint.save_pretrained(self, directory)
+    @classmethod
+    def from_single_file(
+        cls,
+        path: str | Path,
+        config: VAEConfig | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        torch_dtype: torch.dtype | None = None,
+    ) -> VideoVAE:
+        """diffusers-style name for `from_official` (one ``vae.pt``, strict keys, no pickled
+        code executed)."""
+        return cls.from_official(path, config, device=device, dtype=torch_dtype)
 
-    def push_to_hub(
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> Path:  # type: ignore[override]
+        """diffusers' ``save_pretrained`` (``config.json`` + ``diffusion_pytorch_model
+        .safetensors``) into a temporary folder, moved into place file by file. Returns
+        the folder."""
+        return _checkpoint.atomic_save_folder(
+            lambda tmp: ModelMixin.save_pretrained(self, tmp, **kwargs), save_directory
+        )
+
+    def push_to_hub(  # type: ignore[override]
         self,
         repo_id: str,
         *,
         token: str | None = None,
         endpoint: str | None = None,
-        private: bool = False,
+        private: bool | None = None,
         commit_message: str = "Upload MUG-V video VAE",
+        create_pr: bool = False,
     ) -> str:
-        """Save to a temporary folder and upload it to the Hub repo ``repo_id``."""
-        return _checkpoint.push_to_hub(
-            self, repo_id, token=token, endpoint=endpoint, private=private,
-            commit_message=commit_message,
+        """`save_pretrained` and upload to the Hub repo ``repo_id`` (created if missing) in
+        one commit; ``endpoint`` selects a private Hub. Returns ``repo_id``."""
+        _checkpoint.push_folder_to_hub(
+            self.save_pretrained, repo_id, token=token, endpoint=endpoint, private=private,
+            commit_message=commit_message, create_pr=create_pr,
         )  # fmt: skip
+        return repo_id
 
     def load_diffusers_trunk(
         self,
