@@ -65,7 +65,7 @@ def test_image_modes_and_unreadable_files(tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="cannot read reference image"):
         preprocess_image(bad, 8, 8)
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         preprocess_image(tmp_path / "missing.png", 8, 8)
 
 

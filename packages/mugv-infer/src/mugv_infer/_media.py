@@ -10,6 +10,7 @@ through PyAV (crf 17 like the official writer). Writes are atomic (temporary fil
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import warnings
@@ -35,16 +36,23 @@ def load_image(image: ImageInput) -> Image.Image:
     need reinterpretation (16-bit, float, 1-bit).
     """
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
             raise ValueError(
                 "an array image must be uint8 [H, W, 3] RGB, got "
                 f"{image.dtype} {tuple(image.shape)}; convert it first"
             )
         return Image.fromarray(image, mode="RGB")
     if not isinstance(image, Image.Image):
+        if not isinstance(image, str | os.PathLike):
+            raise TypeError(
+                "image must be a file path, a PIL image or a uint8 [H, W, 3] array, got "
+                f"{type(image).__name__}"
+            )
         path = Path(image)
-        if not path.is_file():
-            raise ValueError(f"reference image {str(path)!r} does not exist")
+        if not path.exists():
+            raise FileNotFoundError(f"reference image {str(path)!r} does not exist")
+        if not path.is_file():  # a folder, FIFO or device: never opened (a FIFO blocks)
+            raise ValueError(f"reference image {str(path)!r} is not a regular file")
         try:
             with Image.open(path) as opened:
                 opened.load()
@@ -53,6 +61,8 @@ def load_image(image: ImageInput) -> Image.Image:
             raise ValueError(
                 f"cannot read reference image {str(path)!r} ({exc}); use a PNG, JPEG or WebP file"
             ) from exc
+    if 0 in image.size:
+        raise ValueError(f"reference image is empty (size {image.size}); give a real image")
     if image.mode not in _RGB_MODES:
         raise ValueError(
             f"reference image has mode {image.mode!r}, which cannot be used as an 8-bit RGB "
@@ -65,6 +75,13 @@ def load_image(image: ImageInput) -> Image.Image:
             stacklevel=2,
         )
     return image.convert("RGB")
+
+
+def _file_mode() -> int:
+    """Permission bits of a new file under the current umask (0o644 under umask 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def cover_resize_crop(image: Image.Image, height: int, width: int) -> Image.Image:
@@ -93,6 +110,10 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """[3, N, H, W] in [-1, 1] -> uint8 [N, H, W, 3] with the official rounding."""
     if video.dim() != 4 or video.shape[0] != 3:
         raise ValueError(f"video must be [3, N, H, W], got {tuple(video.shape)}")
+    if video.is_floating_point() and not bool(torch.isfinite(video).all()):
+        raise ValueError(
+            "video holds NaN or infinite values (a diverged sample?); nothing is written"
+        )
     x = video.detach().float().clamp(-1, 1).add(1).div(2).mul(255).add(0.5).clamp(0, 255)
     return x.to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
 
@@ -118,16 +139,27 @@ def write_mp4(
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
         raise ValueError(f"frames must be uint8 [N, H, W, 3], got {frames.dtype} {frames.shape}")
     n, h, w, _ = frames.shape
-    if h % 2 or w % 2:
+    if n < 1:
+        raise ValueError("frames is empty (0 frames); an MP4 needs at least one frame")
+    if h % 2 or w % 2 or h < 2 or w < 2:
         raise ValueError(f"H.264 (yuv420p) needs even sizes, got {h}x{w}")
+    if isinstance(fps, bool) or not isinstance(fps, int | float | np.integer | np.floating):
+        raise TypeError(f"fps must be a number, got {fps!r} ({type(fps).__name__})")
+    if not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be finite and > 0, got {fps!r}")
     out = Path(path)
     if out.suffix.lower() != ".mp4":
         out = out.with_name(out.name + ".mp4")
+    if out.is_dir():
+        raise IsADirectoryError(f"output {str(out)!r} is a folder; give a file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    rate = Fraction(fps).limit_denominator(1001)
+    rate = Fraction(float(fps)).limit_denominator(1001)
+    if rate <= 0:
+        raise ValueError(f"fps {fps!r} is too small for an MP4 time base (>= 1/1001)")
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".mp4")
     os.close(fd)
     try:
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; the clip gets the umask's mode
         with av.open(tmp, mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=rate)
             stream.width, stream.height = w, h
@@ -164,10 +196,24 @@ class VideoFile:
 
 
 def read_mp4(path: str | os.PathLike[str]) -> VideoFile:
-    """Decode every frame of a video file (RGB) and its average frame rate."""
+    """Decode every frame of a video file (RGB) and its average frame rate.
+
+    Raises FileNotFoundError for a missing file and ValueError for anything else that is
+    not a decodable video (a FIFO or device is never opened)."""
     import av
 
-    with av.open(str(path)) as container:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"video {str(p)!r} does not exist")
+    if not p.is_file():
+        raise ValueError(f"video {str(p)!r} is not a regular file")
+    try:
+        container = av.open(str(p))
+    except (av.error.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
+        raise ValueError(f"cannot decode video {str(p)!r} ({exc})") from exc
+    with container:
+        if not container.streams.video:
+            raise ValueError(f"{str(p)!r} has no video stream")
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]

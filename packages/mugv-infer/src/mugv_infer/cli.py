@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
+import os
+import pickle
+import re
+import signal
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +45,8 @@ def _duration(value: str) -> str | int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mugv", description="MUG-V video generation")
+    parser = _Parser(prog=PROG, description="MUG-V video generation")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate clips (text-to-video or image-to-video)")
     src = g.add_mutually_exclusive_group(required=True)
@@ -102,44 +109,83 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_jobs(path: Path) -> list[dict[str, Any]]:
-    """Jobs of a CSV (header row) or JSONL batch file; each has at least a prompt."""
-    if not path.is_file():
-        raise SystemExit(f"mugv: batch file {path} does not exist")
+    """Jobs of a CSV (header row) or JSONL batch file; each has at least a prompt.
+
+    Every row is checked (columns, prompt text, seed, image file); errors name the file,
+    the row and the field."""
+    from mugv_infer._checks import check_seed, check_text, regular_file_problem
+
+    problem = regular_file_problem(path)
+    if problem == "does not exist":
+        raise FileNotFoundError(f"batch file {path} does not exist")
+    if problem is not None:
+        raise ValueError(f"batch file {path} {problem}")
     suffix = path.suffix.lower()
-    rows: list[dict[str, Any]]
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
+        raise ValueError(f"batch file must be .csv or .jsonl, got {path.name}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path} line {line} is not UTF-8 text ({exc.reason}); save the file as UTF-8"
+        ) from None
+    rows: list[tuple[str, Any]] = []
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [dict(r) for r in csv.DictReader(f)]
-    elif suffix in (".jsonl", ".ndjson"):
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            reader = csv.DictReader(text.splitlines())
+            for record in reader:
+                if None in record:
+                    raise ValueError(
+                        f"{path} line {reader.line_num} has more fields than the header"
+                    )
+                rows.append((f"line {reader.line_num}", dict(record)))
+        except csv.Error as exc:
+            raise ValueError(f"{path} is not valid CSV ({exc})") from exc
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append((f"line {n}", json.loads(line)))
                 except json.JSONDecodeError as exc:
-                    raise SystemExit(f"mugv: {path}:{n} is not valid JSON ({exc})") from exc
-    else:
-        raise SystemExit(f"mugv: batch file must be .csv or .jsonl, got {path.name}")
+                    raise ValueError(f"{path} line {n} is not valid JSON ({exc})") from exc
     jobs = []
-    for n, row in enumerate(rows, 1):
+    for where, row in rows:
+        at = f"{path} {where}"
+        if not isinstance(row, dict):
+            raise ValueError(f"{at} must be a JSON object, got {type(row).__name__}")
         row = {k: v for k, v in row.items() if v not in (None, "")}
         unknown = set(row) - _JOB_KEYS
         if unknown:
-            raise SystemExit(
-                f"mugv: {path} row {n} has unknown columns {sorted(unknown)}; "
-                f"allowed: {sorted(_JOB_KEYS)}"
+            raise ValueError(
+                f"{at} has unknown columns {sorted(unknown)}; allowed: {sorted(_JOB_KEYS)}"
             )
-        if not str(row.get("prompt", "")).strip():
-            raise SystemExit(f"mugv: {path} row {n} has no prompt")
+        for key in ("prompt", "image", "out", "aspect"):
+            if key in row and not isinstance(row[key], str):
+                raise ValueError(f"{at}: {key} must be text, got {row[key]!r}")
+            if key in row:
+                check_text(row[key], f"{at}: {key}")
+        if not row.get("prompt", "").strip():
+            raise ValueError(f"{at} has no prompt")
         if "image" in row and not Path(row["image"]).is_absolute():
             row["image"] = str(path.parent / row["image"])
         if "seed" in row:
-            row["seed"] = int(row["seed"])
+            seed = row["seed"]
+            if isinstance(seed, str) and seed.strip().isdigit():
+                seed = int(seed)
+            try:
+                check_seed(seed)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{at}: {exc}") from None
+            row["seed"] = seed
         if "duration" in row:
+            if not isinstance(row["duration"], str | int) or isinstance(row["duration"], bool):
+                raise ValueError(f"{at}: duration must be '5s', '3s' or a frame count")
             row["duration"] = _duration(str(row["duration"]))
+        row["_where"] = at
         jobs.append(row)
     if not jobs:
-        raise SystemExit(f"mugv: batch file {path} has no jobs")
+        raise ValueError(f"batch file {path} has no jobs")
     return jobs
 
 
@@ -168,27 +214,11 @@ def _load_pipeline(args: argparse.Namespace):
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
-    if args.prompt is not None:
-        if args.out is None:
-            raise SystemExit("mugv: --prompt needs --out clip.mp4")
-        jobs = [{"prompt": args.prompt, "image": args.image, "out": args.out}]
-        out_dir = Path(".")
-    else:
-        if args.out_dir is None:
-            raise SystemExit("mugv: --batch needs --out-dir DIR")
-        jobs = read_jobs(args.batch)
-        out_dir = args.out_dir
-    if (args.height is None) != (args.width is None):
-        raise SystemExit("mugv: give both --height and --width, or neither")
-    for job in jobs:  # bad sizes and durations fail before minutes of loading
-        if args.height is None:
-            resolve_size(job.get("aspect", args.aspect), args.resolution)
-        resolve_num_frames(job.get("duration", args.duration))
+    jobs = check_generate(args)  # every argument, row and output path, before loading
     pipe = _load_pipeline(args)
     written = []
-    for i, job in enumerate(jobs):
-        out = Path(job.get("out") or f"{i:04d}.mp4")
-        out = out if out.is_absolute() or args.prompt is not None else out_dir / out
+    for job in jobs:
+        out = job["out"]
         result = pipe(
             job["prompt"],
             image=job.get("image") or None,
@@ -213,29 +243,213 @@ def generate(args: argparse.Namespace) -> list[Path]:
     return written
 
 
+def _check_source(source: str, flag: str) -> None:
+    """A local path that exists, or something shaped like a Hub repo id ('org/name')."""
+    if Path(source).exists() or (source.count("/") == 1 and not source.startswith((".", "/", "~"))):
+        return
+    raise FileNotFoundError(
+        f"{flag} {source} is neither an existing folder nor a Hub repo id 'org/name'"
+    )
+
+
+def _check_out_path(out: Path, where: str) -> None:
+    if out.is_dir():
+        raise IsADirectoryError(
+            f"{where}output {out} is a folder; give a file name such as clip.mp4"
+        )
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{where}output {out}: {parent} is a file, not a folder")
+            break
+
+
+def check_generate(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Check every argument, batch row and output path of ``mugv generate`` (no model is
+    loaded): the jobs, each with its final ``out`` path."""
+    import mugv_vae
+    from mugv_infer._checks import (
+        check_finite,
+        check_image,
+        check_int,
+        check_prompts,
+        check_seed,
+        check_text,
+    )
+
+    if args.prompt is not None:
+        check_prompts(args.prompt, "--prompt")
+        if args.out is None:
+            raise ValueError("--prompt needs --out clip.mp4")
+        jobs = [{"prompt": args.prompt, "image": args.image, "out": str(args.out), "_where": ""}]
+        out_dir = None
+    else:
+        if args.out_dir is None:
+            raise ValueError("--batch needs --out-dir DIR")
+        if args.image is not None:
+            raise ValueError("--image goes with --prompt; give batch rows an image column")
+        if args.out_dir.exists() and not args.out_dir.is_dir():
+            raise NotADirectoryError(f"--out-dir {args.out_dir} exists and is not a folder")
+        jobs = read_jobs(args.batch)
+        out_dir = args.out_dir
+    if (args.height is None) != (args.width is None):
+        raise ValueError("give both --height and --width, or neither")
+    check_int(args.height, "--height", minimum=8, optional=True)
+    check_int(args.width, "--width", minimum=8, optional=True)
+    check_int(args.steps, "--steps", minimum=1)
+    check_finite(args.cfg, "--cfg")
+    check_finite(args.fps, "--fps", positive=True)
+    check_seed(args.seed, "--seed")
+    if args.step_cache is not None:
+        check_finite(args.step_cache, "--step-cache")
+        if args.step_cache < 0:
+            raise ValueError(f"--step-cache must be >= 0, got {args.step_cache}")
+    if args.negative_prompt is not None:
+        check_text(args.negative_prompt, "--negative-prompt")
+    mugv_vae.VAEConfig.preset(args.vae_preset)
+    _check_source(args.model, "--model")
+    _check_source(args.text_encoder, "--text-encoder")
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"--device {args.device!r} is not a torch device ({exc})") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device} asks for CUDA, but no CUDA device is visible")
+    seen: dict[Path, str] = {}
+    for i, job in enumerate(jobs):
+        where = f"{job['_where']}: " if job["_where"] else ""
+        try:
+            if args.height is None:
+                resolve_size(job.get("aspect", args.aspect), args.resolution)
+            resolve_num_frames(job.get("duration", args.duration))
+            if job.get("image"):
+                check_image(job["image"], "image")
+        except (TypeError, ValueError, FileNotFoundError) as exc:
+            raise type(exc)(f"{where}{exc}") from None
+        if out_dir is None:
+            out = Path(job["out"])
+        else:
+            rel = Path(job.get("out") or f"{i:04d}.mp4")
+            inside = (out_dir.resolve() / rel).resolve().is_relative_to(out_dir.resolve())
+            if rel.is_absolute() or ".." in rel.parts or not inside:
+                raise ValueError(
+                    f"{where}out {str(rel)!r} points outside --out-dir {out_dir}; give a file "
+                    "name relative to it"
+                )
+            out = out_dir / rel
+        if out.suffix.lower() != ".mp4":
+            out = out.with_name(out.name + ".mp4")  # what write_mp4 writes
+        _check_out_path(out, where)
+        key = out.resolve()
+        if key in seen:
+            raise ValueError(
+                f"{seen[key] or 'a row'} and {job['_where'] or 'another row'} both write {out}; "
+                "give each row its own out"
+            )
+        seen[key] = job["_where"]
+        job["out"] = out
+    return jobs
+
+
 def _official_negative() -> str:
     from mugv_infer.presets import OFFICIAL_NEGATIVE_PROMPT
 
     return OFFICIAL_NEGATIVE_PROMPT
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+# -- one error path ---------------------------------------------------------------------
+PROG = "mugv"
+
+#: Exit codes: bad input, failure during the work, Ctrl-C, SIGTERM.
+EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
+
+
+class _Terminated(BaseException):
+    """SIGTERM as an exception, so atomic writers remove their temporary files."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + error
+        self.exit(EXIT_BAD_INPUT, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(str(text).split()) or type(exc).__name__
+
+
+def _is_bad_input(exc: BaseException) -> bool:
+    """Bad input (exit 2): wrong values, types, missing or unreadable files; anything else
+    (RuntimeError, out of memory, a full disk) is a failure during the work (exit 1)."""
+    bad = (ValueError, TypeError, LookupError, pickle.UnpicklingError)
+    files = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+    if isinstance(exc, bad + files) or type(exc).__name__ == "SafetensorError":
+        return True
+    # OSErrors raised by loaders about a file's content carry no errno
+    return isinstance(exc, OSError) and (exc.errno is None or exc.errno == errno.EROFS)
+
+
+def run_command(fn: Callable[[], int], debug: bool = False) -> int:
+    """Run ``fn`` under the command-line error contract; returns the exit code."""
+    debug = debug or os.environ.get("MUGV_DEBUG", "") not in ("", "0")
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise _Terminated
+
     try:
-        if args.command == "enhance":
-            from mugv_infer.enhance._cli import run
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        return int(fn())
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; finished outputs are complete", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _Terminated:
+        print(f"{PROG}: terminated (SIGTERM); finished outputs are complete", file=sys.stderr)
+        return EXIT_TERMINATED
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        if isinstance(exc, pickle.UnpicklingError):
+            found = re.search(r"GLOBAL (\S+)", str(exc))
+            if found:
+                exc = ValueError(
+                    f"refusing to load a checkpoint that holds pickled Python objects "
+                    f"({found.group(1)}), not only tensors: loading it could run code"
+                )
+        if _is_bad_input(exc):
+            print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        hint = "" if debug else " (run with --debug or MUGV_DEBUG=1 for the traceback)"
+        print(f"{PROG}: error: {type(exc).__name__}: {_one_line(exc)}{hint}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
-            return run(args)
-        if args.command == "generate":
-            written = generate(args)
-            if args.enhance:
-                from mugv_infer.enhance._cli import enhance_generated
 
-                return enhance_generated(args, written)
-    except (ValueError, FileNotFoundError, torch.OutOfMemoryError) as exc:
-        print(f"mugv: error: {exc}", file=sys.stderr)
-        return 2
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "enhance":
+        from mugv_infer.enhance._cli import run
+
+        return run(args)
+    if args.command == "generate":
+        written = generate(args)
+        if args.enhance:
+            from mugv_infer.enhance._cli import enhance_generated
+
+            return enhance_generated(args, written)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, one line printed)
+        return int(exc.code or 0)
+    return run_command(lambda: _dispatch(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -169,6 +169,9 @@ class MUGVPipeline:
         """
         import mugv_dit
         import mugv_vae
+        from mugv_infer._checks import check_load_arguments
+
+        check_load_arguments(locals())  # before any file is read (issue 14)
 
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -468,6 +471,9 @@ class MUGVPipeline:
             output_type: "latent", "pt", "np", "pil" or "mp4".
             output_path: MP4 path (B = 1), a list of B paths, or a folder.
         """
+        from mugv_infer._checks import check_call_arguments
+
+        check_call_arguments(locals())  # every argument, before any work (issue 14)
         if output_type not in _OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {_OUTPUT_TYPES}, got {output_type!r}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
