@@ -2,8 +2,8 @@
 
 The official files (enhancer reference §1.3) are built here: ``enhancer/dit_i2v.safetensors``
 from the key table of §2.5 (2 blocks, width 64, 2 heads), ``enhancer/pytorch_model.bin``
-with ``pipe.dit.*`` LoRA keys of rank 4 (§2.7) plus a ``patch_embedding2`` override, the Wan
-VAE (base width 8) and umT5 encoder (width 32) in Wan's key names (§4.1, §4.2, renamed here
+with ``pipe.dit.*`` LoRA keys of rank 16 and alpha 4 (scale 1/4, §2.7) plus a
+``patch_embedding2`` override, the Wan VAE (base width 8) and umT5 encoder (width 32) in Wan's key names (§4.1, §4.2, renamed here
 from the spec's tables), and a word-level tokenizer. They go into a local Hugging Face cache
 and are loaded offline. The DiT is checked against ``reference_dit``, a plain-torch forward
 written from §2.2-§2.4 over the official keys.
@@ -25,7 +25,7 @@ from mugv_infer.enhance.enhancer import WAN_NEGATIVE_PROMPT, build_transformer
 from mugv_testing import assert_close, build_hf_cache, offline_hf_cache
 
 REPO, WAN = "MUG-V/MUG-V-inference", "Wan-AI/Wan2.1-T2V-1.3B"
-DIM, HEADS, FFN, LAYERS, TEXT, FREQ, RANK, ALPHA = 64, 2, 96, 2, 32, 32, 4, 4.0
+DIM, HEADS, FFN, LAYERS, TEXT, FREQ, RANK, ALPHA = 64, 2, 96, 2, 32, 32, 16, 4.0
 HEAD_DIM = DIM // HEADS
 FRAMES, H, Wd = 9, 32, 32  # 3 latent frames of 4 x 4 -> 12 tokens
 FP32 = {"dtype": torch.float32, "head_dim": HEAD_DIM}

@@ -184,7 +184,8 @@ def _error(exc: BaseException, prog: str = "mugv enhance") -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``mugv enhance``: returns the exit status (2 with one error line on bad input)."""
+    """``mugv enhance``: returns the exit status (2 with one error line on bad input; other
+    failures, out of memory included, propagate to the ``mugv`` command's handler: 1)."""
     try:
         jobs = _jobs(args)
         if (args.height is None) != (args.width is None):
@@ -201,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
             )  # fmt: skip
             for path in out.paths:
                 print(path, flush=True)
-    except (ValueError, FileNotFoundError, torch.OutOfMemoryError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # bad input: exit 2 (out of memory: 1)
         return _error(exc)
     return 0
 
@@ -216,6 +217,6 @@ def enhance_generated(args: argparse.Namespace, paths: list[Path]) -> int:
                            output_path=path.with_name(f"{path.stem}_enhance.mp4"))  # fmt: skip
             for p in out.paths:
                 print(p, flush=True)
-    except (ValueError, FileNotFoundError, torch.OutOfMemoryError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # bad input: exit 2 (out of memory: 1)
         return _error(exc, "mugv generate")
     return 0
