@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Under `uv run`, Ray starts each worker through `uv run` again (its uv hook, read when
+# ray is imported), which from Ray's working-directory copy resolves another environment;
+# the tests' local Ray runs its workers on this interpreter instead.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 from mugv_data import CurationConfig, curate
 from mugv_data.synthetic import make_synthetic_set

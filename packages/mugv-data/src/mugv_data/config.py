@@ -32,6 +32,7 @@ __all__ = [
     "CurationConfig",
     "DedupConfig",
     "MotionConfig",
+    "RayConfig",
     "SceneConfig",
     "SharpnessConfig",
     "SourceConfig",
@@ -155,6 +156,24 @@ class CaptionConfig:
         "Does this video clip contain text overlays, large borders, special effects, "
         "speed-altered footage or camera shake? Answer yes or no."
     )
+    backend: str = "transformers"
+    """``transformers`` (batched ``generate``) or ``vllm`` (needs vLLM installed)."""
+    on_unparsable: str = "drop"
+    """What happens to a clip whose model answer does not parse (an artifact answer that is
+    neither yes nor no, an empty caption): ``drop`` (stage ``artifact`` / ``caption``, the
+    answer in the reason) or ``keep`` (the answer is kept in ``model_note``)."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("transformers", "vllm"):
+            raise ValueError(
+                f"captions.backend must be 'transformers' or 'vllm', got {self.backend!r}"
+            )
+        if self.on_unparsable not in ("drop", "keep"):
+            raise ValueError(
+                f"captions.on_unparsable must be 'drop' or 'keep', got {self.on_unparsable!r}"
+            )
+        if self.num_frames < 1 or self.max_new_tokens < 1:
+            raise ValueError("captions.num_frames and captions.max_new_tokens must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -239,6 +258,34 @@ class BucketConfig:
         return out
 
 
+@dataclass(frozen=True)
+class RayConfig:
+    """How the Ray engine runs (never changes results, so not part of the fingerprint)."""
+
+    address: str | None = None
+    """A running cluster (``host:port``, ``ray://host:port`` or ``auto``); None = the
+    ``RAY_ADDRESS`` environment variable if set, else a local Ray started with
+    ``num_cpus``. An address that cannot be reached is an error, never a fallback."""
+    num_cpus: int | None = None
+    """CPUs of a local Ray (None = ``CurationConfig.workers``)."""
+    videos_per_block: int = 4
+    """Videos per Ray Data block: the unit of CPU tasks, of streaming and of loss on a kill."""
+    model_actors: int = 1
+    """Model-stage actors (each loads the models once, on its own device)."""
+    model_gpus: float = 0.0
+    """GPUs per model-stage actor (0 = CPU actors); fractions share a GPU."""
+    model_cpus: float = 1.0
+    """CPUs per model-stage actor."""
+
+    def __post_init__(self) -> None:
+        if self.videos_per_block < 1 or self.model_actors < 1:
+            raise ValueError("ray.videos_per_block and ray.model_actors must be >= 1")
+        if self.model_gpus < 0 or self.model_cpus < 0:
+            raise ValueError("ray.model_gpus and ray.model_cpus must be >= 0")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ValueError("ray.num_cpus must be >= 1 (or None)")
+
+
 _SECTIONS = {
     "scenes": SceneConfig,
     "sharpness": SharpnessConfig,
@@ -260,6 +307,13 @@ class CurationConfig:
     buckets: BucketConfig = field(default_factory=BucketConfig)
     workers: int = 1
     """Local engine processes (1 = in this process)."""
+    model_batch_size: int = 8
+    """Clips per model forward (aesthetics, RAFT, VLM) in either engine."""
+    model_device: str | None = None
+    """Device of the model stages (None = ``cuda`` when the process sees a GPU, else ``cpu``;
+    a Ray actor sees only the GPUs Ray gave it)."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Ray engine settings (``engine="ray"``)."""
     extract_clips: bool = False
     """Write each kept clip to ``<out>/clips/<clip_id>.mp4`` (packet copy where possible)."""
     video_extensions: tuple[str, ...] = (
@@ -270,6 +324,8 @@ class CurationConfig:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        if self.model_batch_size < 1:
+            raise ValueError("model_batch_size must be >= 1")
 
     def for_source(self, source: str) -> SourceConfig:
         return self.sources.get(source, self.default)
@@ -289,9 +345,11 @@ class CurationConfig:
         return _to_jsonable(dataclasses.asdict(self))
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes per-video results (not ``workers``)."""
+        """Hash of everything that changes per-video results (not the engine settings:
+        ``workers``, ``model_batch_size``, ``model_device``, ``ray``)."""
         d = self.to_dict()
-        d.pop("workers", None)
+        for k in ("workers", "model_batch_size", "model_device", "ray"):
+            d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
@@ -317,10 +375,17 @@ class CurationConfig:
             ("dedup", DedupConfig),
             ("balance", BalanceConfig),
             ("buckets", BucketConfig),
+            ("ray", RayConfig),
         ):
             if name in d:
                 kw[name] = _overlay(getattr(cfg, name), d[name], name)
-        for name in ("workers", "video_extensions", "extract_clips"):
+        for name in (
+            "workers",
+            "video_extensions",
+            "extract_clips",
+            "model_batch_size",
+            "model_device",
+        ):
             if name in d:
                 kw[name] = tuple(d[name]) if name == "video_extensions" else d[name]
         return replace(cfg, **kw)

@@ -23,16 +23,17 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from mugv_data._model_stages import ModelRunner, Models, check_model_settings, model_kinds
 from mugv_data._video import VideoError, probe, read_frames
 from mugv_data.config import CurationConfig
-from mugv_data.shards import atomic_write_bytes, write_parquet_atomic
+from mugv_data.shards import atomic_write_bytes
 from mugv_data.stages import quality
 from mugv_data.stages.buckets import assign_bucket
 from mugv_data.stages.dedup import duplicate_groups, entity_tags, stratified_weights
@@ -205,123 +206,113 @@ def scene_stage(rec: dict, cfg: CurationConfig) -> dict:
     return rec
 
 
-@dataclass
-class Models:
-    """Optional model stages: callables on lists of RGB frames.
+def clip_cpu_stage(
+    clip: dict, cfg: CurationConfig, kinds: frozenset[str] = frozenset()
+) -> tuple[dict, dict, dict]:
+    """Stage 3a for one clip, on CPU: decode only the frames the filters need, once, and
+    score sharpness, Farneback motion and perceptual hashes; apply the cheap checks.
 
-    ``aesthetic(frames) -> float`` (LAION-style score), ``artifact(frames) -> (bool, str)``
-    (True = has artifacts, with the model's answer), ``captioner(frames) -> str``.
-    """
-
-    aesthetic: Callable[[list], float] | None = None
-    artifact: Callable[[list], tuple[bool, str]] | None = None
-    captioner: Callable[[list], str] | None = None
-
-
-_MODEL_CACHE: dict[str, Models] = {}
-
-
-def models_for(cfg: CurationConfig, source: str, given: Models | None) -> Models:
-    """Models from ``given`` or built (once per process) from the source's config."""
-    scfg = cfg.for_source(source)
-    key = json.dumps([scfg.aesthetic.__dict__, scfg.captions.__dict__], sort_keys=True, default=str)
-    if key not in _MODEL_CACHE:
-        m = Models()
-        if scfg.aesthetic.enabled:
-            from mugv_data.stages.aesthetic import AestheticPredictor
-
-            m.aesthetic = AestheticPredictor.from_config(scfg.aesthetic)
-        if scfg.captions.model:
-            from mugv_data.stages.vlm import VLMStage
-
-            vlm = VLMStage.from_config(scfg.captions)
-            m.captioner = vlm.caption if scfg.captions.caption else None
-            m.artifact = vlm.has_artifacts if scfg.captions.artifact_filter else None
-        _MODEL_CACHE[key] = m
-    built = _MODEL_CACHE[key]
-    if given is None:
-        return built
-    return Models(
-        aesthetic=given.aesthetic or built.aesthetic,
-        artifact=given.artifact or built.artifact,
-        captioner=given.captioner or built.captioner,
-    )
-
-
-def clip_stage(clip: dict, cfg: CurationConfig, models: Models | None = None) -> dict:
-    """Stage 3 for one clip: decode only the frames the filters need, once, and score.
-
-    Cheap scores (sharpness, motion, hashes) are always recorded; model stages run only
-    on clips that passed the cheap filters. Sets ``status`` to ``passed`` or ``dropped``.
+    ``kinds``: the model stages that follow (``model_kinds``). Returns ``(clip, plan,
+    frames)``: a clip still ``pending`` carries in ``plan`` the frame indices each model
+    stage needs and in ``frames`` those frames; others are ``dropped`` with empty ones.
     """
     if clip["status"] != "pending":
-        return clip
+        return clip, {}, {}
     scfg = cfg.for_source(clip["source"])
-    m = models_for(cfg, clip["source"], models)
     s, e = clip["start_frame"], clip["end_frame"]
+    pairs = quality.motion_pairs(s, e)
+    raft = "raft" in kinds
+    vlm = "artifact" in kinds or "captioner" in kinds
     plan = {
+        "aesthetic": quality.evenly_spaced(s, e, scfg.aesthetic.num_frames)
+        if "aesthetic" in kinds
+        else [],
+        "vlm": quality.evenly_spaced(s, e, scfg.captions.num_frames) if vlm else [],
+        "raft": [list(p) for p in pairs] if raft else [],
+    }
+    cpu = {
         "sharpness": quality.evenly_spaced(s, e, scfg.sharpness.num_frames),
         "hash": quality.evenly_spaced(s, e, cfg.dedup.num_frames),
-        "aesthetic": quality.evenly_spaced(s, e, scfg.aesthetic.num_frames) if m.aesthetic else [],
-        "vlm": quality.evenly_spaced(s, e, scfg.captions.num_frames)
-        if (m.captioner or m.artifact)
-        else [],
     }
-    pairs = quality.motion_pairs(s, e)
-    wanted = {i for v in plan.values() for i in v} | {i for p in pairs for i in p}
+    wanted = {i for v in (*cpu.values(), plan["aesthetic"], plan["vlm"]) for i in v}
+    wanted |= {i for p in pairs for i in p}
     clip = dict(clip)
     try:
         frames = read_frames(clip["path"], sorted(wanted), fps=clip["fps"])
     except VideoError as ex:
-        return {**clip, "status": "dropped", "stage": "decode", "reason": ex.reason}
+        return {**clip, "status": "dropped", "stage": "decode", "reason": ex.reason}, {}, {}
     missing = wanted - set(frames)
     if missing:
         return {**clip, "status": "dropped", "stage": "decode",
-                "reason": f"frames {sorted(missing)[:5]} did not decode"}  # fmt: skip
+                "reason": f"frames {sorted(missing)[:5]} did not decode"}, {}, {}  # fmt: skip
 
-    def pick(idx: list[int]) -> list:
-        return [frames[i] for i in idx]
-
-    clip["sharpness"] = quality.sharpness(pick(plan["sharpness"]))
-    clip["motion"] = quality.motion([(frames[a], frames[b]) for a, b in pairs], scfg.motion)
-    clip["phash"] = [f"{quality.phash(f):016x}" for f in pick(plan["hash"])]
-    checks = [
-        (
-            "sharpness",
-            scfg.sharpness.enabled,
-            clip["sharpness"],
-            scfg.sharpness.min,
-            scfg.sharpness.max,
-        ),
-        ("motion", scfg.motion.enabled, clip["motion"], scfg.motion.min, scfg.motion.max),
-    ]
-    for name, enabled, val, lo, hi in checks:
-        if enabled and not lo <= val <= hi:
+    clip["sharpness"] = quality.sharpness([frames[i] for i in cpu["sharpness"]])
+    if not raft:
+        clip["motion"] = quality.motion([(frames[a], frames[b]) for a, b in pairs], scfg.motion)
+    clip["phash"] = [f"{quality.phash(frames[i]):016x}" for i in cpu["hash"]]
+    checks = [("sharpness", scfg.sharpness, clip["sharpness"])]
+    if not raft:
+        checks.append(("motion", scfg.motion, clip["motion"]))
+    for name, c, val in checks:
+        if c.enabled and not c.min <= val <= c.max:
             return {**clip, "status": "dropped", "stage": name,
-                    "reason": f"{name} {val:.2f} outside [{lo:g}, {hi:g}]"}  # fmt: skip
-    if m.aesthetic is not None:
-        clip["aesthetic"] = float(m.aesthetic(pick(plan["aesthetic"])))
-        if clip["aesthetic"] < scfg.aesthetic.min:
-            return {**clip, "status": "dropped", "stage": "aesthetic",
-                    "reason": f"aesthetic {clip['aesthetic']:.2f} below {scfg.aesthetic.min:g}"}  # fmt: skip
-    if m.artifact is not None:
-        flagged, answer = m.artifact(pick(plan["vlm"]))
-        clip["artifact"] = answer
-        if flagged:
-            return {**clip, "status": "dropped", "stage": "artifact",
-                    "reason": f"artifact filter: {answer.strip()[:80]}"}  # fmt: skip
-    if m.captioner is not None and not clip["caption"]:
-        clip["caption"] = m.captioner(pick(plan["vlm"])).strip()
-        clip["caption_source"] = "model"
-    clip["status"] = "passed"
-    return clip
+                    "reason": f"{name} {val:.2f} outside [{c.min:g}, {c.max:g}]"}, {}, {}  # fmt: skip
+    if not kinds:
+        return {**clip, "status": "passed"}, {}, {}
+    keep = {i for k in ("aesthetic", "vlm") for i in plan[k]} | {i for p in plan["raft"] for i in p}
+    return clip, plan, {i: frames[i] for i in sorted(keep)}
+
+
+def _kinds(cfg: CurationConfig, source: str, models: Models | None) -> frozenset[str]:
+    return model_kinds(cfg.for_source(source), models)
+
+
+def clip_stage(clip: dict, cfg: CurationConfig, models: Models | None = None) -> dict:
+    """Stage 3 for one clip: the CPU stage, then the model stages (a batch of one).
+
+    Cheap scores (sharpness, motion, hashes) are always recorded; model stages run only
+    on clips that passed the cheap filters. Sets ``status`` to ``passed`` or ``dropped``.
+    """
+    return _clip_stages([clip], cfg, models)[0]
+
+
+def _clip_stages(clips: list[dict], cfg: CurationConfig, models: Models | None) -> list[dict]:
+    done = [clip_cpu_stage(c, cfg, _kinds(cfg, c["source"], models)) for c in clips]
+    pending = [i for i, (c, _, _) in enumerate(done) if c["status"] == "pending"]
+    out = [c for c, _, _ in done]
+    if pending:
+        scored = ModelRunner(cfg, models).run([done[i] for i in pending])
+        for i, c in zip(pending, scored):
+            out[i] = c
+    return out
 
 
 def process_video(item: InputItem, cfg: CurationConfig, models: Models | None = None) -> dict:
-    """All per-video stages for one input; always returns a record, never raises on bad media."""
+    """All per-video stages for one input; always returns a record, never raises on bad media.
+
+    The video's clips go through the model stages together (``model_batch_size`` per
+    forward)."""
+    return _process_timed(item, cfg, models)[0]
+
+
+def _process_timed(
+    item: InputItem, cfg: CurationConfig, models: Models | None
+) -> tuple[dict, dict[str, float]]:
+    """``process_video`` plus the seconds each stage took (for the benchmark figures)."""
+    t0 = time.perf_counter()
     rec = scene_stage(probe_stage(item, cfg), cfg)
-    rec["clips"] = [clip_stage(c, cfg, models) for c in rec["clips"]]
-    return rec
+    t1 = time.perf_counter()
+    done = [clip_cpu_stage(c, cfg, _kinds(cfg, c["source"], models)) for c in rec["clips"]]
+    t2 = time.perf_counter()
+    pending = [i for i, (c, _, _) in enumerate(done) if c["status"] == "pending"]
+    clips = [c for c, _, _ in done]
+    if pending:
+        for i, c in zip(pending, ModelRunner(cfg, models).run([done[i] for i in pending])):
+            clips[i] = c
+    rec["clips"] = clips
+    t3 = time.perf_counter()
+    timing = {"probe_scenes": t1 - t0, "clip_cpu": t2 - t1, "models": t3 - t2}
+    return rec, timing
 
 
 # -- across clips --------------------------------------------------------------------------
@@ -331,58 +322,79 @@ _CLIP_COLUMNS = [
     "start_frame", "end_frame", "start_s", "end_s", "duration_s", "fps", "width", "height",
     "rotation", "caption", "sharpness", "motion", "aesthetic", "artifact", "phash",
     "duplicate_of", "duplicate_distance", "tags", "stratum", "weight", "bucket", "tier",
-    "aspect", "bucket_height", "bucket_width", "bucket_frames", "clip_file",
+    "aspect", "bucket_height", "bucket_width", "bucket_frames", "clip_file", "model_note",
 ]  # fmt: skip
+
+
+def _decisions(records: Iterable[dict], cfg: CurationConfig) -> dict[str, dict]:
+    """One pass over the records: the across-clip outcome (dedup, bucket, tags, weight) of
+    every clip that passed the per-clip stages, as ``clip_id -> updates``.
+
+    Holds a few fields per passed clip (id, hashes, size, duration, caption), never records.
+    """
+    passed: list[dict] = []
+    for r in records:
+        for c in r["clips"]:
+            if c["status"] == "passed":
+                passed.append({k: c.get(k) for k in ("clip_id", "phash", "duration_s", "width",
+                                                     "height", "caption")})  # fmt: skip
+    passed.sort(key=lambda c: c["clip_id"])
+    out: dict[str, dict] = {}
+    if cfg.dedup.enabled:
+        for cid, (keep, d) in duplicate_groups(passed, cfg.dedup).items():
+            kind = "exact duplicate" if d == 0 else f"near duplicate (distance {d:.1f})"
+            out[cid] = dict(status="dropped", stage="dedup", reason=f"{kind} of {keep}",
+                            duplicate_of=keep, duplicate_distance=float(d))  # fmt: skip
+    kept = []
+    for c in passed:
+        if c["clip_id"] in out:
+            continue
+        b = assign_bucket(c["width"], c["height"], c["duration_s"], cfg.buckets)
+        if b is None:
+            out[c["clip_id"]] = dict(status="dropped", stage="bucket",
+                reason="fits no bucket (too small or too short for the bucket table)")  # fmt: skip
+        else:
+            out[c["clip_id"]] = b
+            kept.append(c)
+    tags = [entity_tags(c["caption"], cfg.balance) for c in kept]
+    strata, weights = stratified_weights(tags, cfg.balance)
+    for c, t, s, w in zip(kept, tags, strata, weights):
+        out[c["clip_id"]].update(status="kept", tags=" ".join(t), stratum=s, weight=w)
+    return out
+
+
+def _rows_of(rec: dict, decided: dict[str, dict]) -> tuple[list[dict], dict]:
+    """A record's manifest rows (clip order) and its videos row, with the decisions."""
+    rows = []
+    for c in rec["clips"]:
+        c = {**c, **decided.get(c["clip_id"], {})} if c["status"] == "passed" else c
+        rows.append(
+            {k: (" ".join(c[k]) if k == "phash" and k in c else c.get(k)) for k in _CLIP_COLUMNS}
+        )
+    p, sc = rec["probe"] or {}, rec["scenes"] or {}
+    video = {
+        "key": rec["key"], "path": rec["path"], "source": rec["source"], "status": rec["status"],
+        "stage": rec["stage"], "reason": rec["reason"], "num_clips": len(rec["clips"]),
+        "num_kept": sum(r["status"] == "kept" for r in rows),
+        "duration_s": p.get("duration_s"), "fps": p.get("fps"), "width": p.get("width"),
+        "height": p.get("height"), "rotation": p.get("rotation"), "codec": p.get("codec"),
+        "has_audio": p.get("has_audio"), "num_frames": sc.get("num_frames"),
+        "cuts": " ".join(map(str, sc.get("cuts", []))),
+        "transitions": " ".join(f"{a}-{b}" for a, b in sc.get("transitions", [])),
+    }  # fmt: skip
+    return rows, video
 
 
 def finalize(records: list[dict], cfg: CurationConfig) -> tuple[list[dict], list[dict]]:
     """Dedup, tags and weights, buckets: returns (clip rows, video rows), sorted by id."""
     records = sorted(records, key=lambda r: r["key"])
-    clips = [dict(c) for r in records for c in r["clips"]]
-    clips.sort(key=lambda c: c["clip_id"])
-    passed = [c for c in clips if c["status"] == "passed"]
-    if cfg.dedup.enabled:
-        dups = duplicate_groups(passed, cfg.dedup)
-        for c in passed:
-            if c["clip_id"] in dups:
-                keep, d = dups[c["clip_id"]]
-                kind = "exact duplicate" if d == 0 else f"near duplicate (distance {d:.1f})"
-                c.update(status="dropped", stage="dedup", reason=f"{kind} of {keep}",
-                         duplicate_of=keep, duplicate_distance=float(d))  # fmt: skip
-    for c in clips:
-        if c["status"] != "passed":
-            continue
-        b = assign_bucket(c["width"], c["height"], c["duration_s"], cfg.buckets)
-        if b is None:
-            c.update(status="dropped", stage="bucket",
-                     reason="fits no bucket (too small or too short for the bucket table)")  # fmt: skip
-        else:
-            c.update(b)
-    kept = [c for c in clips if c["status"] == "passed"]
-    tags = [entity_tags(c["caption"], cfg.balance) for c in kept]
-    strata, weights = stratified_weights(tags, cfg.balance)
-    for c, t, s, w in zip(kept, tags, strata, weights):
-        c.update(status="kept", tags=" ".join(t), stratum=s, weight=w)
-    rows = [
-        {k: (" ".join(c[k]) if k == "phash" and k in c else c.get(k)) for k in _CLIP_COLUMNS}
-        for c in clips
-    ]
-    videos = []
+    decided = _decisions(records, cfg)
+    rows, videos = [], []
     for r in records:
-        p = r["probe"] or {}
-        videos.append(
-            {
-                "key": r["key"], "path": r["path"], "source": r["source"], "status": r["status"],
-                "stage": r["stage"], "reason": r["reason"], "num_clips": len(r["clips"]),
-                "num_kept": sum(c["clip_id"] in {k["clip_id"] for k in kept} for c in r["clips"]),
-                "duration_s": p.get("duration_s"), "fps": p.get("fps"), "width": p.get("width"),
-                "height": p.get("height"), "rotation": p.get("rotation"), "codec": p.get("codec"),
-                "has_audio": p.get("has_audio"),
-                "num_frames": (r["scenes"] or {}).get("num_frames"),
-                "cuts": " ".join(map(str, (r["scenes"] or {}).get("cuts", []))),
-                "transitions": " ".join(f"{a}-{b}" for a, b in (r["scenes"] or {}).get("transitions", [])),
-            }
-        )  # fmt: skip
+        rr, v = _rows_of(r, decided)
+        rows += rr
+        videos.append(v)
+    rows.sort(key=lambda c: c["clip_id"])
     return rows, videos
 
 
@@ -428,23 +440,41 @@ def load_record(out: Path, item: InputItem, fingerprint: str) -> dict | None:
 
 
 def save_record(out: Path, rec: dict) -> None:
+    """Write one video's record atomically (and durably: a resumed run trusts it)."""
     atomic_write_bytes(
-        _record_path(out, rec["key"]), json.dumps(rec, sort_keys=True, indent=1).encode()
+        _record_path(out, rec["key"]),
+        json.dumps(rec, sort_keys=True, separators=(",", ":")).encode(),
     )
+
+
+def _stage_clips(timing: dict, rec: dict) -> dict:
+    """Per-stage clip counts beside the seconds: what reached each stage."""
+    clips = rec["clips"]
+    return {
+        **timing,
+        "videos": 1,
+        "clips": len(clips),
+        "clips_cpu": sum(c.get("sharpness") is not None or c["stage"] == "decode" for c in clips),
+        "clips_models": sum(
+            any(k in c for k in ("aesthetic", "artifact", "caption_source", "model_note"))
+            for c in clips
+        ),
+    }
 
 
 def _local_engine(todo: list[InputItem], cfg: CurationConfig, models: Models | None,
                   out: Path, progress: bool) -> Iterator[dict]:  # fmt: skip
+    """Yields one small stats dict per finished video (its record is already on disk)."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), desc="curate", unit="video", disable=not progress)
     try:
         if cfg.workers == 1 or len(todo) <= 1:
             for item in todo:
-                rec = process_video(item, cfg, models)
+                rec, timing = _process_timed(item, cfg, models)
                 save_record(out, rec)
                 bar.update()
-                yield rec
+                yield _stage_clips(timing, rec)
             return
         import concurrent.futures as cf
         import multiprocessing as mp
@@ -459,17 +489,59 @@ def _local_engine(todo: list[InputItem], cfg: CurationConfig, models: Models | N
                     item = next(it, None)
                     if item is None:
                         break
-                    pending.add(pool.submit(process_video, item, cfg, models))
+                    pending.add(pool.submit(_process_timed, item, cfg, models))
                 if not pending:
                     break
                 done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
                 for fut in done:
-                    rec = fut.result()
+                    rec, timing = fut.result()
                     save_record(out, rec)
                     bar.update()
-                    yield rec
+                    yield _stage_clips(timing, rec)
     finally:
         bar.close()
+
+
+class _ParquetStream:
+    """Rows appended in chunks to a Parquet file that appears atomically on ``close``."""
+
+    def __init__(self, path: Path, schema: pa.Schema | None = None, chunk: int = 4096) -> None:
+        import tempfile
+
+        self.path, self.schema, self.chunk = path, schema, chunk
+        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        self.rows: list[dict] = []
+        self.writer = None
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow.parquet as pq
+
+        if not self.rows and self.writer is not None:
+            return
+        table = pa.Table.from_pylist(self.rows, schema=self.schema)
+        if self.writer is None:
+            self.schema = table.schema
+            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        self.writer.write_table(table)
+        self.rows = []
+
+    def close(self) -> None:
+        from mugv_data.shards import finish_atomic
+
+        self._flush()
+        self.writer.close()
+        finish_atomic(Path(self.tmp), self.path)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        Path(self.tmp).unlink(missing_ok=True)
 
 
 class Pipeline:
@@ -493,75 +565,114 @@ class Pipeline:
         self.engine = engine
         self.models = models
         self.progress = progress
+        self.stage_stats: dict[str, float] = {}
+        """Summed stage seconds and clip counts of the last run (see ``summary.json``)."""
 
     def run(
         self, inputs: str | os.PathLike[str] | Iterable[InputItem], out_dir: str | os.PathLike[str]
     ) -> CurationResult:
         cfg = self.config
         out = Path(out_dir)
-        (out / "records").mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(
-            out / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True).encode()
-        )
         items = discover_inputs(inputs, cfg)
         keys = [i.key for i in items]
         if len(set(keys)) != len(keys):
             raise ValueError("two inputs map to the same key; give them distinct paths")
-        fp = cfg.fingerprint()
-        records, todo = [], []
-        for item in items:
-            rec = load_record(out, item, fp)
-            (records.append(rec) if rec is not None else todo.append(item))
-        t0 = time.perf_counter()
-        if self.engine == "ray":
-            from mugv_data._ray_engine import run_ray
-
-            new = list(run_ray(todo, cfg, self.models, out))
-        else:
-            new = list(_local_engine(todo, cfg, self.models, out, self.progress))
-        records += new
-        rows, videos = finalize(records, cfg)
-        if cfg.extract_clips:
-            _extract(rows, out, self.progress)
-        write_parquet_atomic(
-            pa.Table.from_pylist(rows, schema=_clip_schema()), out / "manifest.parquet"
+        (out / "records").mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(
+            out / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True).encode()
         )
-        write_parquet_atomic(pa.Table.from_pylist(videos), out / "videos.parquet")
-        counts: dict[str, int] = {
-            "videos": len(records),
-            "failed_videos": sum(r["status"] != "ok" for r in records),
+        fp = cfg.fingerprint()
+        # Only the keys to redo are kept: records stay on disk, never all in memory.
+        todo = [item for item in items if load_record(out, item, fp) is None]
+        del keys
+        t0 = time.perf_counter()
+        stats: dict[str, float] = {}
+        if todo:
+            check_model_settings(cfg, self.models, sorted({i.source for i in todo}))
+            if self.engine == "ray":
+                from mugv_data._ray_engine import run_ray
+
+                stream = run_ray(todo, cfg, self.models, out, self.progress)
+            else:
+                stream = _local_engine(todo, cfg, self.models, out, self.progress)
+            for st in stream:
+                for k, v in st.items():
+                    stats[k] = stats.get(k, 0) + v
+        processed = len(todo)
+        del todo
+        self.stage_stats = stats
+        ordered = sorted(items, key=lambda i: i.key)
+
+        def records() -> Iterator[dict]:
+            for item in ordered:
+                rec = load_record(out, item, fp)
+                if rec is None:
+                    raise RuntimeError(f"record of {item.path} missing after the run: {out}")
+                yield rec
+
+        decided = _decisions(records(), cfg)
+        counts: dict[str, int] = {"videos": 0, "failed_videos": 0}
+        clips_out = _ParquetStream(out / "manifest.parquet", _clip_schema())
+        videos_out = _ParquetStream(out / "videos.parquet", _video_schema())
+        try:
+            if cfg.extract_clips:
+                (out / "clips").mkdir(exist_ok=True)
+            for rec in records():
+                rows, video = _rows_of(rec, decided)
+                counts["videos"] += 1
+                counts["failed_videos"] += rec["status"] != "ok"
+                for r in rows:
+                    if cfg.extract_clips and r["status"] == "kept":
+                        _extract_one(r, out)
+                    key = "kept" if r["status"] == "kept" else f"dropped_{r['stage']}"
+                    counts[key] = counts.get(key, 0) + 1
+                    clips_out.add(r)
+                videos_out.add(video)
+            clips_out.close()
+            videos_out.close()
+        except BaseException:
+            clips_out.abort()
+            videos_out.abort()
+            raise
+        summary = {
+            "counts": counts,
+            "seconds": time.perf_counter() - t0,
+            "processed": processed,
+            "stages": stats,
         }
-        for r in rows:
-            key = "kept" if r["status"] == "kept" else f"dropped_{r['stage']}"
-            counts[key] = counts.get(key, 0) + 1
-        summary = {"counts": counts, "seconds": time.perf_counter() - t0, "processed": len(new)}
         atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1).encode())
         return CurationResult(
-            out, out / "manifest.parquet", out / "videos.parquet", counts, len(new)
+            out, out / "manifest.parquet", out / "videos.parquet", counts, processed
         )
 
 
-def _extract(rows: list[dict], out: Path, progress: bool) -> None:
-    """Kept clips to ``clips/<clip_id>.mp4``; existing files are kept (resume)."""
-    from tqdm.auto import tqdm
-
+def _extract_one(row: dict, out: Path) -> None:
+    """A kept clip to ``clips/<clip_id>.mp4``; an existing file is kept (resume)."""
     from mugv_data._video import extract_clip
 
-    (out / "clips").mkdir(exist_ok=True)
-    kept = [r for r in rows if r["status"] == "kept"]
-    for r in tqdm(kept, desc="extract", unit="clip", disable=not progress):
-        rel = f"clips/{r['clip_id']}.mp4"
-        if not (out / rel).exists():
-            extract_clip(
-                r["path"], r["start_frame"], r["end_frame"], r["fps"], out / "clips" / r["clip_id"]
-            )
-        r["clip_file"] = rel
+    rel = f"clips/{row['clip_id']}.mp4"
+    if not (out / rel).exists():
+        extract_clip(
+            row["path"], row["start_frame"], row["end_frame"], row["fps"],
+            out / "clips" / row["clip_id"],
+        )  # fmt: skip
+    row["clip_file"] = rel
+
+
+def _video_schema() -> pa.Schema:
+    f64, i64, s = pa.float64(), pa.int64(), pa.string()
+    return pa.schema([
+        ("key", s), ("path", s), ("source", s), ("status", s), ("stage", s), ("reason", s),
+        ("num_clips", i64), ("num_kept", i64), ("duration_s", f64), ("fps", f64),
+        ("width", i64), ("height", i64), ("rotation", i64), ("codec", s),
+        ("has_audio", pa.bool_()), ("num_frames", i64), ("cuts", s), ("transitions", s),
+    ])  # fmt: skip
 
 
 def _clip_schema() -> pa.Schema:
     f64, i64, s = pa.float64(), pa.int64(), pa.string()
     types = {
-        "start_frame": i64, "end_frame": i64, "start_s": f64, "end_s": f64, "duration_s": f64,
+        "duplicate_of": s, "model_note": s, "start_frame": i64, "end_frame": i64, "start_s": f64, "end_s": f64, "duration_s": f64,
         "fps": f64, "width": i64, "height": i64, "rotation": i64, "sharpness": f64, "motion": f64,
         "aesthetic": f64, "duplicate_distance": f64, "weight": f64, "bucket_height": i64,
         "bucket_width": i64, "bucket_frames": i64,

@@ -86,8 +86,8 @@ class AestheticPredictor:
         self.device = device
 
     @classmethod
-    def from_config(cls, cfg: AestheticConfig) -> AestheticPredictor:
-        return cls(cfg.clip_model, cfg.head_weights)
+    def from_config(cls, cfg: AestheticConfig, *, device: str = "cpu") -> AestheticPredictor:
+        return cls(cfg.clip_model, cfg.head_weights, device=device)
 
     @torch.inference_mode()
     def embed(self, frames: list[np.ndarray]) -> torch.Tensor:
@@ -101,3 +101,16 @@ class AestheticPredictor:
     @torch.inference_mode()
     def __call__(self, frames: list[np.ndarray]) -> float:
         return float(self.head(self.embed(frames)).mean())
+
+    @torch.inference_mode()
+    def batch(self, clips: list[list[np.ndarray]]) -> list[float]:
+        """Scores of several clips from one CLIP forward over all their frames."""
+        flat = [f for frames in clips for f in frames]
+        if not flat:
+            return [float("nan")] * len(clips)
+        scores = self.head(self.embed(flat)).float().cpu()
+        out, i = [], 0
+        for frames in clips:
+            out.append(float(scores[i : i + len(frames)].mean()) if frames else float("nan"))
+            i += len(frames)
+        return out

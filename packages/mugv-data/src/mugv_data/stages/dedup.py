@@ -21,8 +21,38 @@ from mugv_data.config import BalanceConfig, DedupConfig
 from mugv_data.stages.quality import hamming
 
 
+def _candidate_pairs(hashes: list[list[int]], max_distance: float) -> set[tuple[int, int]]:
+    """Pairs (i < j) that can be within ``max_distance``: those sharing a band of a hash.
+
+    Exact, by the pigeonhole principle: a mean distance <= D over F frames means some
+    frame differs in at most floor(D) bits, and a 64-bit hash cut into floor(D) + 1 bands
+    then has one band equal. Only clips in the same (frame, band, value) bucket are
+    compared, so the work grows with the number of near matches, not with N^2.
+    """
+    nb = int(max_distance) + 1
+    if nb > 64:  # every pair is a candidate
+        return {(i, j) for i in range(len(hashes)) for j in range(i + 1, len(hashes))}
+    width = -(-64 // nb)
+    buckets: dict[tuple[int, int, int, int], list[int]] = {}
+    for i, hs in enumerate(hashes):
+        for f, h in enumerate(hs):
+            for b in range(nb):
+                val = (h >> (b * width)) & ((1 << width) - 1)
+                buckets.setdefault((len(hs), f, b, val), []).append(i)
+    pairs = set()
+    for members in buckets.values():
+        for a in range(len(members)):
+            for c in range(a + 1, len(members)):
+                pairs.add((members[a], members[c]))
+    return pairs
+
+
 def duplicate_groups(clips: list[dict], cfg: DedupConfig) -> dict[str, tuple[str, float]]:
-    """Map each duplicate clip id -> (id of the clip kept instead, hash distance)."""
+    """Map each duplicate clip id -> (id of the clip kept instead, hash distance).
+
+    ``clips`` in a fixed order (clip id); each needs ``clip_id``, ``phash`` (hex strings),
+    ``duration_s``, ``width``, ``height``.
+    """
     n = len(clips)
     parent = list(range(n))
 
@@ -32,20 +62,19 @@ def duplicate_groups(clips: list[dict], cfg: DedupConfig) -> dict[str, tuple[str
             i = parent[i]
         return i
 
+    hashes = [[int(h, 16) for h in c["phash"] or []] for c in clips]
     dist: dict[tuple[int, int], float] = {}
-    for i in range(n):
-        hi = [int(h, 16) for h in clips[i]["phash"]]
-        for j in range(i + 1, n):
-            hj = [int(h, 16) for h in clips[j]["phash"]]
-            if not hi or len(hi) != len(hj):
-                continue
-            di, dj = clips[i]["duration_s"], clips[j]["duration_s"]
-            if max(di, dj) > cfg.max_duration_ratio * max(min(di, dj), 1e-6):
-                continue
-            d = sum(hamming(a, b) for a, b in zip(hi, hj)) / len(hi)
-            if d <= cfg.max_distance:
-                dist[(i, j)] = d
-                parent[find(j)] = find(i)
+    for i, j in sorted(_candidate_pairs(hashes, cfg.max_distance)):
+        hi, hj = hashes[i], hashes[j]
+        if not hi or len(hi) != len(hj):
+            continue
+        di, dj = clips[i]["duration_s"], clips[j]["duration_s"]
+        if max(di, dj) > cfg.max_duration_ratio * max(min(di, dj), 1e-6):
+            continue
+        d = sum(hamming(a, b) for a, b in zip(hi, hj)) / len(hi)
+        if d <= cfg.max_distance:
+            dist[(i, j)] = d
+            parent[find(j)] = find(i)
     groups: dict[int, list[int]] = {}
     for i in range(n):
         groups.setdefault(find(i), []).append(i)

@@ -119,37 +119,59 @@ def load_raft(weights: str):
     )
 
 
-def _raft(a: np.ndarray, b: np.ndarray, weights: str) -> float:
+def raft_motion_batch(
+    clips: list[list[tuple[np.ndarray, np.ndarray]]],
+    model,
+    max_side: int | None = None,
+    device: str = "cpu",
+) -> list[float]:
+    """Mean RAFT flow magnitude (input pixels per frame) of each clip's frame pairs.
+
+    All pairs of all clips go through the model together, one forward per frame size.
+    Frames are resized to ``max_side`` first; sides under ``RAFT_MIN_SIDE`` are upscaled
+    (bilinear) for RAFT and the flow scaled back; sides are padded to multiples of 8.
+    """
     import torch
     import torch.nn.functional as F
 
-    model = load_raft(weights)
-    h, w = a.shape[:2]
-    scale = max(1.0, RAFT_MIN_SIDE / min(h, w))
-    sh, sw = max(RAFT_MIN_SIDE, round(h * scale)), max(RAFT_MIN_SIDE, round(w * scale))
+    pairs = [(ci, _resize_max(a, max_side), _resize_max(b, max_side))
+             for ci, ps in enumerate(clips) for a, b in ps]  # fmt: skip
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for k, (_, a, _) in enumerate(pairs):
+        by_size.setdefault(a.shape[:2], []).append(k)
+    mags = [0.0] * len(pairs)
+    for (h, w), ks in by_size.items():
+        scale = max(1.0, RAFT_MIN_SIDE / min(h, w))
+        sh, sw = max(RAFT_MIN_SIDE, round(h * scale)), max(RAFT_MIN_SIDE, round(w * scale))
 
-    def prep(x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].float()
-        t = t / 127.5 - 1.0
-        if (sh, sw) != (h, w):
-            t = F.interpolate(t, size=(sh, sw), mode="bilinear", align_corners=False)
-        return F.pad(t, (0, (-sw) % 8, 0, (-sh) % 8), mode="replicate")
+        def prep(xs: list[np.ndarray], sh: int = sh, sw: int = sw, h: int = h, w: int = w):
+            t = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().to(device)
+            t = t / 127.5 - 1.0
+            if (sh, sw) != (h, w):
+                t = F.interpolate(t, size=(sh, sw), mode="bilinear", align_corners=False)
+            return F.pad(t, (0, (-sw) % 8, 0, (-sh) % 8), mode="replicate")
 
-    with torch.inference_mode():
-        flow = model(prep(a), prep(b))[-1][0, :, :sh, :sw]
-    # Back to input pixels per frame: x components scale by w/sw, y by h/sh.
-    flow = flow * torch.tensor([w / sw, h / sh]).view(2, 1, 1)
-    return float(flow.norm(dim=0).mean())
+        with torch.inference_mode():
+            flow = model(prep([pairs[k][1] for k in ks]), prep([pairs[k][2] for k in ks]))[-1]
+        flow = flow[:, :, :sh, :sw].float().cpu()
+        # Back to input pixels per frame: x components scale by w/sw, y by h/sh.
+        flow = flow * torch.tensor([w / sw, h / sh]).view(1, 2, 1, 1)
+        for k, m in zip(ks, flow.norm(dim=1).mean(dim=(1, 2)).tolist()):
+            mags[k] = m
+    out = []
+    for ci in range(len(clips)):
+        vals = [m for (c, _, _), m in zip(pairs, mags) if c == ci]
+        out.append(float(np.mean(vals)) if vals else 0.0)
+    return out
 
 
 def motion(pairs: list[tuple[np.ndarray, np.ndarray]], cfg: MotionConfig) -> float:
     """Mean flow magnitude (pixels/frame at ``cfg.max_side`` or native size) over pairs."""
-    vals = []
-    for a, b in pairs:
-        a, b = _resize_max(a, cfg.max_side), _resize_max(b, cfg.max_side)
-        vals.append(
-            _farneback(a, b) if cfg.backend == "farneback" else _raft(a, b, cfg.raft_weights)
-        )
+    if cfg.backend == "raft":
+        return raft_motion_batch([pairs], load_raft(cfg.raft_weights), cfg.max_side)[0]
+    vals = [
+        _farneback(_resize_max(a, cfg.max_side), _resize_max(b, cfg.max_side)) for a, b in pairs
+    ]
     return float(np.mean(vals)) if vals else 0.0
 
 

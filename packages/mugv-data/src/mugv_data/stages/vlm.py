@@ -5,18 +5,35 @@ post-processing, speed changes and camera shake with a proprietary multimodal LL
 backend runs any transformers image-text-to-text model (``AutoProcessor`` +
 ``AutoModelForImageTextToText``: Qwen2-VL, LLaVA, ...) on a clip's sampled frames given as
 a multi-image chat turn, greedy decoding. The artifact filter flags a clip when the
-model's answer starts with "yes".
+model's answer starts with "yes", passes it on "no"; any other answer does not parse and
+follows ``captions.on_unparsable`` (default: the clip is dropped, the answer in the reason).
+Captions: an empty answer does not parse either.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
 from mugv_data.config import CaptionConfig
 
+_YES_NO = re.compile(r"^[\W_]*(yes|no)\b", re.IGNORECASE)
+
+
+def parse_yes_no(answer: str) -> bool | None:
+    """True for an answer starting with "yes", False for "no", None if it is neither."""
+    m = _YES_NO.match(answer or "")
+    return None if m is None else m.group(1).lower() == "yes"
+
 
 class VLMStage:
-    """A captioner / artifact judge around a transformers vision-language model."""
+    """A captioner / artifact judge around a transformers vision-language model.
+
+    ``*_batch`` methods run several clips in one left-padded ``generate`` call (greedy, so
+    a batch gives the answers of one-at-a-time calls); ``backend="vllm"`` hands the same
+    chat prompts to a vLLM engine instead (``from_pretrained`` only).
+    """
 
     def __init__(
         self,
@@ -26,53 +43,107 @@ class VLMStage:
         caption_prompt: str = CaptionConfig.caption_prompt,
         artifact_prompt: str = CaptionConfig.artifact_prompt,
         max_new_tokens: int = 96,
+        backend: str = "transformers",
     ) -> None:
-        self.model = model.eval()
+        self.model = model.eval() if backend == "transformers" else model
         self.processor = processor
         self.caption_prompt = caption_prompt
         self.artifact_prompt = artifact_prompt
         self.max_new_tokens = max_new_tokens
+        self.backend = backend
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, device: str = "cpu", **kwargs) -> VLMStage:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+    def from_pretrained(
+        cls, name_or_path: str, *, device: str = "cpu", backend: str = "transformers", **kwargs
+    ) -> VLMStage:
+        from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(name_or_path)
+        if backend == "vllm":
+            try:
+                from vllm import LLM
+            except ImportError:
+                raise ImportError(
+                    "captions.backend='vllm' needs vLLM installed where the model stage runs "
+                    "(pip install vllm); or set captions.backend='transformers'"
+                ) from None
+            # vLLM places the engine on the GPUs this process sees (a Ray actor's own).
+            return cls(LLM(model=name_or_path), processor, backend="vllm", **kwargs)
+        from transformers import AutoModelForImageTextToText
+
         model = AutoModelForImageTextToText.from_pretrained(name_or_path).to(device)
         return cls(model, processor, **kwargs)
 
     @classmethod
-    def from_config(cls, cfg: CaptionConfig) -> VLMStage:
+    def from_config(cls, cfg: CaptionConfig, *, device: str = "cpu") -> VLMStage:
         if not cfg.model:
             raise ValueError("captions.model is not set")
         return cls.from_pretrained(
             cfg.model,
+            device=device,
+            backend=cfg.backend,
             caption_prompt=cfg.caption_prompt,
             artifact_prompt=cfg.artifact_prompt,
             max_new_tokens=cfg.max_new_tokens,
         )
 
-    def ask(self, frames: list[np.ndarray], prompt: str) -> str:
-        """One chat turn: the frames as images, then ``prompt``; returns the decoded answer."""
-        import torch
+    def _prompt(self, n_images: int, prompt: str) -> str:
+        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
+        return self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+
+    def ask_batch(self, clips: list[list[np.ndarray]], prompt: str) -> list[str]:
+        """One chat turn per clip (its frames as images, then ``prompt``); decoded answers."""
         from PIL import Image
 
-        images = [Image.fromarray(f) for f in frames]
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
-        messages = [{"role": "user", "content": content}]
-        text = self.processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-        inputs = self.processor(text=[text], images=images, return_tensors="pt")
+        if not clips:
+            return []
+        images = [[Image.fromarray(f) for f in frames] for frames in clips]
+        texts = [self._prompt(len(im), prompt) for im in images]
+        if self.backend == "vllm":
+            from vllm import SamplingParams
+
+            params = SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens)
+            reqs = [
+                {"prompt": t, "multi_modal_data": {"image": im}} for t, im in zip(texts, images)
+            ]
+            return [o.outputs[0].text.strip() for o in self.model.generate(reqs, params)]
+        import torch
+
+        tok = getattr(self.processor, "tokenizer", None)
+        side = getattr(tok, "padding_side", None)
+        if tok is not None:
+            tok.padding_side = "left"  # generation continues every row from its last token
+        try:
+            inputs = self.processor(
+                text=texts,
+                images=[im for ims in images for im in ims],
+                padding=len(texts) > 1,
+                return_tensors="pt",
+            )
+        finally:
+            if tok is not None and side is not None:
+                tok.padding_side = side
         inputs = inputs.to(self.model.device)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         new = out[:, inputs["input_ids"].shape[1] :]
-        return self.processor.batch_decode(new, skip_special_tokens=True)[0].strip()
+        return [a.strip() for a in self.processor.batch_decode(new, skip_special_tokens=True)]
+
+    def ask(self, frames: list[np.ndarray], prompt: str) -> str:
+        """One chat turn: the frames as images, then ``prompt``; returns the decoded answer."""
+        return self.ask_batch([frames], prompt)[0]
 
     def caption(self, frames: list[np.ndarray]) -> str:
         return self.ask(frames, self.caption_prompt)
 
-    def has_artifacts(self, frames: list[np.ndarray]) -> tuple[bool, str]:
-        answer = self.ask(frames, self.artifact_prompt)
-        return answer.lower().lstrip(" \"'").startswith("yes"), answer
+    def caption_batch(self, clips: list[list[np.ndarray]]) -> list[str]:
+        return self.ask_batch(clips, self.caption_prompt)
+
+    def has_artifacts(self, frames: list[np.ndarray]) -> tuple[bool | None, str]:
+        """(flag, answer): flag True for "yes", False for "no", None if it is neither."""
+        return self.artifact_batch([frames])[0]
+
+    def artifact_batch(self, clips: list[list[np.ndarray]]) -> list[tuple[bool | None, str]]:
+        return [(parse_yes_no(a), a) for a in self.ask_batch(clips, self.artifact_prompt)]
