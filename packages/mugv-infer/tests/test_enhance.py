@@ -655,6 +655,24 @@ def test_bad_call_arguments(enhancer):
         enhancer(_video(), output_type="mp4")
     with pytest.raises(ValueError, match="output_type"):
         enhancer(_video(), output_type="gif")
+    with pytest.raises(ValueError, match="guidance must be a finite number"):
+        enhancer(_video(), guidance=float("nan"))
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        enhancer(_video(), seed="42")
+    with pytest.raises(ValueError, match=r"sigma must be in \(0, 1\]"):
+        enhancer(_video(), sigma=0.0)
+    with pytest.raises(TypeError, match=r"floating torch\.dtype"):
+        MUGVEnhancer.from_pretrained(dtype="bf16")
+
+
+def test_out_of_memory_suggests_offload_and_tiling(enhancer, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+
+    small = MUGVEnhancer(**enhancer.components, quirks=EXACT)
+    monkeypatch.setattr(small, "predict_velocity", oom)
+    with pytest.raises(torch.OutOfMemoryError, match=r"enable_model_offload.*enable_vae_tiling"):
+        small(_video())
 
 
 def test_faulty_files_fail_before_building(files, tmp_path):

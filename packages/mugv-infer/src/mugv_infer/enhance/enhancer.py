@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import math
 import os
 import re
 import shutil
@@ -208,6 +209,8 @@ class MUGVEnhancer:
         device = torch.device(device)
         if offload not in (None, "model", "block"):
             raise ValueError(f"offload must be None, 'model' or 'block', got {offload!r}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype (torch.bfloat16), got {dtype!r}")
         hub = {"revision": revision, "cache_dir": cache_dir, "token": token,
                "local_files_only": local_files_only}  # fmt: skip
         ours = _find_saved(repo_or_dir, hub)
@@ -416,6 +419,14 @@ class MUGVEnhancer:
             raise ValueError(f"output_type must be one of {_OUTPUT_TYPES}, got {output_type!r}")
         if not 0.0 < sigma <= 1.0:
             raise ValueError(f"sigma must be in (0, 1], got {sigma}")
+        if not isinstance(guidance, int | float) or not math.isfinite(guidance):
+            raise ValueError(f"guidance must be a finite number, got {guidance!r}")
+        if seed is not None and (not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        if fps is not None and (not isinstance(fps, int | float) or not 0 < fps < 1e4):
+            raise ValueError(f"fps must be a positive number, got {fps!r}")
+        if not isinstance(negative_prompt, str):
+            raise ValueError("negative_prompt must be one string (it is used for every video)")
         clips = prepare(video, height=height, width=width, pad_frames=pad_frames)
         B = clips.pixels.shape[0]
         prompts = [prompt] * B if isinstance(prompt, str) else list(prompt)
