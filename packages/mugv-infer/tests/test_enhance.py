@@ -412,6 +412,15 @@ def test_official_files_load_strictly_and_round_trip(enhancer, files, tmp_path):
     assert torch.equal(
         again.predict_velocity(x, z, 300.0, ctx), enhancer.predict_velocity(x, z, 300.0, ctx)
     )
+    # The saved folder as a Hub repo (one folder, resolved offline from the cache).
+    cache = tmp_path / "hf"
+    build_hf_cache(cache, "me/enhancer", {str(p.relative_to(saved)): p.read_bytes()
+                                          for p in saved.rglob("*") if p.is_file()})  # fmt: skip
+    with offline_hf_cache(cache):
+        hubbed = MUGVEnhancer.from_pretrained("me/enhancer", dtype=torch.float32)
+    assert torch.equal(
+        hubbed.predict_velocity(x, z, 300.0, ctx), again.predict_velocity(x, z, 300.0, ctx)
+    )
 
 
 def test_vae_constants_are_wans():
