@@ -1,4 +1,5 @@
-"""Engines: kill-and-resume equality (subprocess + SIGKILL) and Ray == local."""
+"""Local engine: kill-and-resume equality (subprocess + SIGKILL), pool == in-process
+(the Ray engine: test_ray.py)."""
 
 from __future__ import annotations
 
@@ -57,19 +58,6 @@ def test_curate_killed_and_resumed_equals_uninterrupted(synthetic_set, curated, 
     a = pq.read_table(out / "videos.parquet").drop(["path"])
     b = pq.read_table(reference.videos).drop(["path"])
     assert a.equals(b)
-
-
-def test_ray_engine_matches_local(synthetic_set, curated, tmp_path):
-    ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra")
-    root, _ = synthetic_set
-    reference, _ = curated
-    cfg = CurationConfig.from_dict({"workers": 2}, base=CurationConfig.preset("synthetic"))
-    try:
-        res = curate(root, tmp_path / "ray", cfg, engine="ray")
-    finally:
-        ray.shutdown()
-    assert res.processed == reference.counts["videos"]
-    assert _manifest_rows(res.out_dir) == _manifest_rows(reference.out_dir)
 
 
 def test_local_process_pool_matches_in_process(synthetic_set, curated, tmp_path):

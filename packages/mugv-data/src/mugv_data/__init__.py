@@ -10,7 +10,9 @@ Entry points:
   ``scene_stage`` (``split_scenes`` -> ``SceneResult``), ``clip_stage``, ``finalize``.
 - Stages as objects: ``AestheticPredictor`` (CLIP + MLP head), ``VLMStage`` (captioner
   and artifact filter on a transformers vision-language model).
-- Pre-encoding: ``encode_clips(curated_dir, shard_dir, vae=..., text_encoder=...)``.
+- Model stages: ``ModelLoadError`` (a model that cannot load, raised before work).
+- Pre-encoding: ``encode_clips(curated_dir, shard_dir, vae=..., text_encoder=...)`` (one
+  process, or one torchrun rank of several), ``encode_clips_ray`` (Ray actors).
 - Shards (what mugv-train streams): ``ShardWriter``, ``open_shards`` -> ``ShardSet``,
   ``ShardError``; the official CSV layout: ``import_official_csv``, ``export_official_csv``.
 - Reports: ``summarize``, ``plot_stats``, ``explain``.
@@ -18,6 +20,7 @@ Entry points:
 - CLI: ``mugv-data curate | encode | stats | inspect | export-csv | import-csv``.
 """
 
+from mugv_data._model_stages import ModelLoadError
 from mugv_data.config import (
     AestheticConfig,
     BalanceConfig,
@@ -26,6 +29,7 @@ from mugv_data.config import (
     CurationConfig,
     DedupConfig,
     MotionConfig,
+    RayConfig,
     SceneConfig,
     SharpnessConfig,
     SourceConfig,
@@ -43,8 +47,15 @@ from mugv_data.pipeline import (
     probe_stage,
     scene_stage,
 )
-from mugv_data.shards import ShardError, ShardSet, ShardWriter, open_shards
-from mugv_data.stages.encode import encode_clips
+from mugv_data.shards import (
+    ShardError,
+    ShardSet,
+    ShardWriter,
+    merge_manifest,
+    open_shards,
+    write_shard,
+)
+from mugv_data.stages.encode import encode_clips, encode_clips_ray
 from mugv_data.stages.scenes import SceneResult, split_scenes
 from mugv_data.stages.vlm import VLMStage
 from mugv_data.stats import explain, summarize
@@ -73,9 +84,11 @@ __all__ = [
     "CurationResult",
     "DedupConfig",
     "InputItem",
+    "ModelLoadError",
     "Models",
     "MotionConfig",
     "Pipeline",
+    "RayConfig",
     "SceneConfig",
     "SceneResult",
     "ShardError",
@@ -89,14 +102,17 @@ __all__ = [
     "curate",
     "discover_inputs",
     "encode_clips",
+    "encode_clips_ray",
     "explain",
     "export_official_csv",
     "finalize",
     "import_official_csv",
+    "merge_manifest",
     "open_shards",
     "plot_stats",
     "probe_stage",
     "scene_stage",
     "split_scenes",
     "summarize",
+    "write_shard",
 ]

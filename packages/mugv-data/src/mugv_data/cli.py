@@ -1,11 +1,24 @@
-"""The ``mugv-data`` command: curate, encode, stats, inspect, export-csv, import-csv."""
+"""The ``mugv-data`` command: curate, encode, stats, inspect, export-csv, import-csv.
+
+Errors: one line ``mugv-data: error: <what, where, what to do>`` on stderr; exit 2 for bad
+input (arguments, files, configs, models that cannot load, an unreachable Ray cluster),
+1 for a failure during the work, 130 on Ctrl-C. The traceback is printed only with
+``--debug`` or ``MUGV_DEBUG=1``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+PROG = "mugv-data"
+
+
+class UsageError(ValueError):
+    """Bad command-line input (exit 2)."""
 
 
 def _config(args: argparse.Namespace):
@@ -16,20 +29,39 @@ def _config(args: argparse.Namespace):
         cfg = CurationConfig.from_dict(_read_overrides(args.config), base=cfg)
     if args.workers:
         cfg = CurationConfig.from_dict({"workers": args.workers}, base=cfg)
+    if getattr(args, "ray_address", None):
+        cfg = CurationConfig.from_dict({"ray": {"address": args.ray_address}}, base=cfg)
     return cfg
 
 
 def _read_overrides(path: str) -> dict:
     p = Path(path)
     if not p.exists():
-        raise SystemExit(f"config file not found: {p}")
+        raise FileNotFoundError(f"config file not found: {p}")
+    if not p.is_file():
+        raise UsageError(f"config {p} is not a regular file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"config file {p} is not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
     if p.suffix == ".toml":
         import tomllib
 
-        return tomllib.loads(p.read_text())
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UsageError(f"config file {p} is not valid TOML: {e}") from None
     if p.suffix == ".json":
-        return json.loads(p.read_text())
-    raise SystemExit(f"config file must be .json or .toml, got {p.name}")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"config file {p} is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"config file {p} must hold a JSON object")
+        return data
+    raise UsageError(f"config file must be .json or .toml, got {p.name}")
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
@@ -57,8 +89,14 @@ def _load_vae(spec: str, device: str):
 
 def cmd_encode(args: argparse.Namespace) -> int:
     import mugv_dit
-    from mugv_data.stages.encode import encode_clips
+    from mugv_data.stages.encode import check_encode_inputs, encode_clips
 
+    # Arguments and the manifest are checked before any model loads.
+    if args.shard_size < 1:
+        raise UsageError(f"--shard-size must be >= 1, got {args.shard_size}")
+    if args.text_max_length < 1:
+        raise UsageError(f"--text-max-length must be >= 1, got {args.text_max_length}")
+    check_encode_inputs(args.curated)
     vae = _load_vae(args.vae, args.device)
     te = mugv_dit.TextEncoder(
         args.text_encoder, max_length=args.text_max_length, device=args.device
@@ -114,7 +152,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mugv-data", description="MUG-V data curation")
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="MUG-V data curation",
+        epilog="--debug (anywhere) or MUGV_DEBUG=1 prints tracebacks of errors",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("curate", help="raw videos -> curated clip manifest (resumable)")
@@ -124,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--preset", default="paper", choices=["paper", "synthetic"])
     c.add_argument("--engine", default="local", choices=["local", "ray"])
     c.add_argument("--workers", type=int, default=0, help="processes (local) / CPUs (ray)")
+    c.add_argument(
+        "--ray-address", help="a running Ray cluster (host:port, ray://..., auto); else RAY_ADDRESS"
+    )
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(fn=cmd_curate)
 
@@ -164,9 +209,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from mugv_data._model_stages import ModelLoadError
+    from mugv_data.shards import ShardError
+
+    types: list[type[BaseException]] = [
+        UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError,
+        IsADirectoryError, PermissionError, FileExistsError, ModelLoadError, ShardError,
+        ImportError,
+    ]  # fmt: skip
+    if "mugv_data._ray_engine" in sys.modules:
+        types.append(sys.modules["mugv_data._ray_engine"].RayClusterError)
+    return tuple(types)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.fn(args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MUGV_DEBUG", "") not in ("", "0")
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    if getattr(args, "workers", 0) and args.workers < 0:
+        print(f"{PROG}: error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{PROG}: error: interrupted; outputs written so far are complete (rerun to resume)",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        bad = isinstance(e, _bad_input_types())
+        msg = str(e).strip().replace("\n", " ") or type(e).__name__
+        if not bad:
+            msg = f"{type(e).__name__}: {msg}"
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2 if bad else 1
 
 
 if __name__ == "__main__":

@@ -29,7 +29,14 @@ import pyarrow.parquet as pq
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ShardError", "ShardSet", "ShardWriter", "open_shards"]
+__all__ = [
+    "ShardError",
+    "ShardSet",
+    "ShardWriter",
+    "merge_manifest",
+    "open_shards",
+    "write_shard",
+]
 
 FORMAT = "mugv-data-shard"
 FORMAT_VERSION = "1"
@@ -240,21 +247,7 @@ class ShardWriter:
     def _flush(self) -> None:
         if not self._pending:
             return
-        from safetensors.torch import save
-
-        path = self._shard_path(self._num_shards)
-        tensors: dict[str, torch.Tensor] = {}
-        rows = []
-        for i, (row, latent, text) in enumerate(self._pending):
-            row = {**row, "shard": path.name, "index": i}
-            tensors[f"{i}.latent"] = latent
-            tensors[f"{i}.text"] = text
-            rows.append(row)
-        # One metadata key: safetensors stores metadata in a hash map, so several keys
-        # would be written in varying order and identical shards would differ in bytes.
-        doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "rows": rows}
-        meta = {_META_KEY: json.dumps(doc, sort_keys=True)}
-        atomic_write_bytes(path, save(tensors, metadata=meta))
+        rows = _write_validated(self._shard_path(self._num_shards), self._pending)
         self.rows.extend(rows)
         self._pending.clear()
         self._num_shards += 1
@@ -274,6 +267,49 @@ class ShardWriter:
         if exc_type is None:
             self.close()
         # On an exception the complete shards stay; the partial one is never written.
+
+
+def _write_validated(
+    path: Path, samples: list[tuple[dict, torch.Tensor, torch.Tensor]]
+) -> list[dict]:
+    from safetensors.torch import save
+
+    tensors: dict[str, torch.Tensor] = {}
+    rows = []
+    for i, (row, latent, text) in enumerate(samples):
+        row = {**row, "shard": path.name, "index": i}
+        tensors[f"{i}.latent"] = latent
+        tensors[f"{i}.text"] = text
+        rows.append(row)
+    # One metadata key: safetensors stores metadata in a hash map, so several keys
+    # would be written in varying order and identical shards would differ in bytes.
+    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "rows": rows}
+    meta = {_META_KEY: json.dumps(doc, sort_keys=True)}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+    return rows
+
+
+def write_shard(path: str | os.PathLike[str], samples: list[Mapping[str, Any]]) -> list[dict]:
+    """Write one shard file (atomically) from samples as ``ShardWriter.write`` takes them;
+    returns its rows. The same samples give the same bytes, whoever writes them."""
+    validated = [_validated(s) for s in samples]
+    ids = [r["id"] for r, _, _ in validated]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate sample ids in one shard: {sorted(ids)[:5]}")
+    return _write_validated(Path(path), validated)
+
+
+def merge_manifest(
+    out_dir: str | os.PathLike[str], num_shards: int, *, prefix: str = "shard"
+) -> Path:
+    """Write ``manifest.parquet`` (atomically) from the rows shards ``0..num_shards-1``
+    describe themselves with: how writers on several workers finish a shard root."""
+    out = Path(out_dir)
+    rows: list[dict] = []
+    for k in range(num_shards):
+        rows += read_shard_rows(out / f"{prefix}-{k:05d}.safetensors")
+    write_manifest(rows, out / MANIFEST)
+    return out / MANIFEST
 
 
 def write_manifest(rows: list[dict], path: Path) -> None:
