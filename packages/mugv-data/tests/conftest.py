@@ -87,3 +87,31 @@ def encoded(small_curated, encoders, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     encode_clips(small_curated.out_dir, out, vae=rec_vae, text_encoder=rec_te, shard_size=2)
     return out, rec_vae, rec_te
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_model(tmp_path_factory):
+    """A tiny random CLIP vision tower + LAION-layout head (saved), for batching tests."""
+    import itertools
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny_clip_s")
+    cfg = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+        image_size=32, patch_size=8, projection_dim=16,
+    )  # fmt: skip
+    CLIPVisionModelWithProjection(cfg).save_pretrained(d / "clip")
+    CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(d / "clip")
+    dims = [16, 1024, 128, 64, 16, 1]
+    state = {}
+    for idx, (i, o) in zip((0, 2, 4, 6, 7), itertools.pairwise(dims)):
+        state[f"layers.{idx}.weight"] = torch.randn(o, i) / i**0.5
+        state[f"layers.{idx}.bias"] = torch.randn(o) * 0.1
+    save_file(state, d / "head.safetensors")
+    return d / "clip", d / "head.safetensors"
