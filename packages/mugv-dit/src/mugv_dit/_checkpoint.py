@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Mapping
@@ -38,9 +39,22 @@ def load_official_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
     if not path.is_file():
         raise FileNotFoundError(f"official DiT checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not a zip archive (legacy format): mmap is not possible
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # not a zip archive (legacy format): mmap is not possible
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused an object: name it, never run it
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found is None:
+            raise ValueError(f"cannot read {path}: not a torch checkpoint ({exc})") from exc
+        raise ValueError(
+            f"refusing to load {path}: it holds pickled Python objects ({found.group(1)}), not "
+            "only tensors, and loading it could run code; the official dit.pt is plain tensors"
+        ) from exc
+    except (RuntimeError, EOFError, KeyError) as exc:  # truncated or not a checkpoint
+        raise ValueError(
+            f"cannot read {path}: not a complete torch checkpoint ({exc}); download it again"
+        ) from exc
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(
             f"{path} is not a plain state dict of tensors (the official dit.pt layout); "
@@ -127,6 +141,10 @@ def read_config_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path} is not a valid config.json (JSON text): {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a valid config.json: a JSON object is needed")
+    try:  # every field checked here, so the error names the file
+        config_from_json(data)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{path}: {exc}") from exc
     return data
 
 
@@ -140,7 +158,13 @@ def load_legacy(config_path: str | os.PathLike[str], weights_path: str | os.Path
     from safetensors.torch import load_file
 
     config = config_from_json(read_config_json(config_path))
-    return config, load_file(str(weights_path))
+    try:
+        return config, load_file(str(weights_path))
+    except Exception as exc:  # safetensors' own error type: name the file
+        raise ValueError(
+            f"cannot read {weights_path}: not a valid safetensors file ({exc}); it is "
+            "truncated or damaged, save or download it again"
+        ) from exc
 
 
 # -- writing ---------------------------------------------------------------------------
@@ -311,12 +335,25 @@ def stored_dtype(folder: str | os.PathLike[str]) -> torch.dtype | None:
         path = folder / sorted(set(weight_map.values()))[0]
     if not path.is_file():
         return None
-    with safe_open(str(path), framework="pt") as f:
-        for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-            dtype = f.get_slice(name).get_dtype()
-            if dtype in ("F32", "F16", "BF16", "F64"):
-                return {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                        "F64": torch.float64}[dtype]  # fmt: skip
+    with open(path, "rb") as head:
+        declared = 8 + int.from_bytes(head.read(8).ljust(8, b"\0"), "little")
+    if path.stat().st_size < declared:
+        raise ValueError(
+            f"cannot read {path}: not a valid safetensors file (shorter than its header says); "
+            "it is truncated or damaged, save or download it again"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                dtype = f.get_slice(name).get_dtype()
+                if dtype in ("F32", "F16", "BF16", "F64"):
+                    return {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                            "F64": torch.float64}[dtype]  # fmt: skip
+    except Exception as exc:  # safetensors' own error type: name the file
+        raise ValueError(
+            f"cannot read {path}: not a valid safetensors file ({exc}); it is truncated or "
+            "damaged, save or download it again"
+        ) from exc
     return None
 
 
@@ -351,7 +388,10 @@ def atomic_save_folder(save, save_directory: str | os.PathLike[str]) -> Path:
     try:
         save(tmp)
         names = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        mask = os.umask(0o022)
+        os.umask(mask)
         for name in sorted(names, key=lambda n: n == CONFIG_NAME):
+            os.chmod(tmp / name, 0o666 & ~mask)  # the umask's mode, not a writer's 0600
             os.replace(tmp / name, out / name)
     finally:
         for leftover in tmp.iterdir() if tmp.exists() else []:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
 import tempfile
 import threading
@@ -90,7 +91,10 @@ def atomic_save_folder(save: Callable[[Path], Any], save_directory: str | os.Pat
     try:
         save(tmp)
         names = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        mask = os.umask(0o022)
+        os.umask(mask)
         for name in sorted(names, key=lambda n: n == CONFIG_NAME):
+            os.chmod(tmp / name, 0o666 & ~mask)  # the umask's mode, not a writer's 0600
             os.replace(tmp / name, out / name)
     finally:
         for leftover in tmp.iterdir() if tmp.exists() else []:
@@ -198,7 +202,21 @@ def from_official(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"official VAE checkpoint not found: {path}")
-    state = _unwrap(torch.load(path, map_location="cpu", weights_only=True), str(path))
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused an object: name it, never run it
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found is None:
+            raise ValueError(f"cannot read {path}: not a torch checkpoint ({exc})") from exc
+        raise ValueError(
+            f"refusing to load {path}: it holds pickled Python objects ({found.group(1)}), not "
+            "only tensors, and loading it could run code; the official vae.pt is plain tensors"
+        ) from exc
+    except (RuntimeError, EOFError, KeyError) as exc:  # truncated or not a checkpoint
+        raise ValueError(
+            f"cannot read {path}: not a complete torch checkpoint ({exc}); download it again"
+        ) from exc
+    state = _unwrap(loaded, str(path))
     with torch.device("meta"):
         model = cls(config if config is not None else VAEConfig.preset("mugv"))
     model = model.to_empty(device="cpu")
@@ -310,7 +328,11 @@ def from_pretrained(
         data = json.loads((folder / CONFIG_NAME).read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{folder / CONFIG_NAME} is not a valid config.json: {exc}") from exc
-    saved = VAEConfig.from_dict({k: v for k, v in data.items() if not k.startswith("_")})
+    try:
+        saved = VAEConfig.from_dict({k: v for k, v in data.items() if not k.startswith("_")})
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{folder / CONFIG_NAME}: {exc}") from exc
+    _check_safetensors(folder / weights)
     if weights == WEIGHTS_NAME or config is not None:  # pre-diffusers folder, or a new topology
         config = saved if config is None else config
         if overrides:
@@ -342,6 +364,24 @@ def from_pretrained(
             )
         )
     return _finish(model, device, None)
+
+
+def _check_safetensors(path: Path) -> None:
+    """A ValueError naming ``path`` when it is not a complete safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        with open(path, "rb") as head:
+            declared = 8 + int.from_bytes(head.read(8).ljust(8, b"\0"), "little")
+        if path.stat().st_size < declared:
+            raise ValueError("shorter than its header says")
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as exc:  # safetensors' own error type too
+        raise ValueError(
+            f"cannot read {path}: not a valid safetensors file ({exc}); it is truncated or "
+            "damaged, save or download it again"
+        ) from exc
 
 
 def _stored_dtype(path: Path) -> torch.dtype | None:

@@ -18,6 +18,7 @@ L_rec = w_l1 * l1 (or the adaptive l1 once enabled) + w_mse * mse + w_perc * LPI
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,12 +133,25 @@ class LPIPS(nn.Module):
                 f"LPIPS weights not found at {path}; provide a file with the VGG16 features "
                 "and lin heads (nothing is downloaded at run time)"
             )
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_file(path)
+            else:  # tensors only: a pickled object is refused, never run
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            found = re.search(r"GLOBAL (\S+)", str(exc))
+            why = (
+                f"it holds pickled Python objects ({found.group(1)}), not only tensors, and "
+                "loading it could run code"
+                if found
+                else " ".join(str(exc).split())[:200]
+            )
+            raise ValueError(
+                f"refusing to load LPIPS weights {path}: {why}; give a safetensors file or a "
+                "torch state dict of tensors only"
+            ) from exc
         model = cls(widths)
         load_state_dict_strict(model, state, str(path))
         return model
