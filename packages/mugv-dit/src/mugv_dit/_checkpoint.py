@@ -452,6 +452,16 @@ def check_diffusers_version(found: str, minimum: str = MIN_DIFFUSERS, *, feature
         )
 
 
+def dtype_keyword() -> str:
+    """diffusers renamed ``from_pretrained(torch_dtype=)`` to ``dtype=`` (the old name now
+    warns); releases before the rename only know ``torch_dtype``."""
+    try:  # the helper that came with the rename
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
 def require_diffusers(minimum: str = MIN_DIFFUSERS, *, feature: str = "mugv-dit") -> None:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -451,14 +451,16 @@ class MUGDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         from mugv_dit._checkpoint import (
             check_loading_info,
             config_from_json,
+            dtype_keyword,
             load_legacy,
             read_config_json,
             resolve_pretrained,
             stored_dtype,
         )
 
-        if dtype is not None:
-            kwargs["torch_dtype"] = dtype
+        dtype = dtype if dtype is not None else kwargs.pop("dtype", None)
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        dtype = dtype if dtype is not None else torch_dtype
         hub = {k: kwargs.pop(k, None) for k in ("subfolder", "revision", "cache_dir", "token")}
         local_files_only = bool(kwargs.pop("local_files_only", False))
         kind, paths = resolve_pretrained(
@@ -469,23 +471,23 @@ class MUGDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         )
         overrides = {k: kwargs.pop(k) for k in _FIELDS if k in kwargs}
         if kind != "diffusers":
-            torch_dtype = kwargs.pop("torch_dtype", None)
             if kwargs.get("quantization_config") is not None:
                 raise ValueError(
                     "quantization_config needs a diffusers folder (save_pretrained); convert "
                     "the official dit.pt first: mugv_dit.convert_official_checkpoint(...)"
                 )
             if kind == "official":
-                return cls.from_official(paths[0], dtype=torch_dtype, device=device, **overrides)
+                return cls.from_official(paths[0], dtype=dtype, device=device, **overrides)
             config, state = load_legacy(paths[0], paths[1])
             return cls._from_state_dict(
-                state, config, torch_dtype, device, overrides, source=str(paths[1])
+                state, config, dtype, device, overrides, source=str(paths[1])
             )
         kwargs.pop("output_loading_info", None)
         # config.json checked before any weights are read: a clear error naming the field
         config_from_json(read_config_json(Path(paths[0]) / "config.json"))
-        if kwargs.get("torch_dtype") is None and kwargs.get("quantization_config") is None:
-            kwargs["torch_dtype"] = stored_dtype(paths[0])  # keep the saved dtype
+        if dtype is None and kwargs.get("quantization_config") is None:
+            dtype = stored_dtype(paths[0])  # keep the saved dtype (diffusers: float32)
+        kwargs[dtype_keyword()] = dtype
         with _diffusers_config_view():
             model, info = super().from_pretrained(
                 paths[0], output_loading_info=True, local_files_only=True, **overrides, **kwargs
