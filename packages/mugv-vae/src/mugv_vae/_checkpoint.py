@@ -322,7 +322,9 @@ def from_pretrained(
     }
     folder, weights = _find_folder(path_or_repo_id, **hub)
     overrides = {k: kwargs.pop(k) for k in fields if k in kwargs}
-    dtype = dtype if dtype is not None else kwargs.pop("torch_dtype", None)
+    for name in ("dtype", "torch_dtype"):
+        dtype = dtype if dtype is not None else kwargs.pop(name, None)
+        kwargs.pop(name, None)
     # config.json checked here, before any weights are read: a clear error naming the field
     try:
         data = json.loads((folder / CONFIG_NAME).read_bytes().decode("utf-8"))
@@ -347,11 +349,16 @@ def from_pretrained(
         dtype = _stored_dtype(folder / weights)
     from diffusers import ModelMixin
 
+    try:  # diffusers renamed torch_dtype= to dtype= (the old name warns)
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+
+        kwargs["dtype"] = dtype
+    except ImportError:
+        kwargs["torch_dtype"] = dtype
     with diffusers_config_view():
         model, info = ModelMixin.from_pretrained.__func__(
-            cls, folder, torch_dtype=dtype, output_loading_info=True, local_files_only=True,
-            **overrides, **kwargs,
-        )  # fmt: skip
+            cls, folder, output_loading_info=True, local_files_only=True, **overrides, **kwargs
+        )
     problems = {k: sorted(info[k]) for k in ("missing_keys", "unexpected_keys") if info.get(k)}
     if problems or info.get("mismatched_keys"):
         raise KeyError(

@@ -76,7 +76,7 @@ class VideoVAE(ModelMixin, ConfigMixin):
     """
 
     config_name = "config.json"
-    _supports_group_offloading = False  # encode/decode are methods, not one forward
+    _supports_group_offloading = True
 
     def __init__(self, config: VAEConfig | Mapping[str, Any] | None = None, **fields: Any) -> None:
         super().__init__()
@@ -418,11 +418,12 @@ class VideoVAE(ModelMixin, ConfigMixin):
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         """(z - shift) / scale: raw posterior latents -> the DiT's latents."""
-        return (z - self.shift.to(z.dtype)) / self.scale.to(z.dtype)
+        # .to(z): offload hooks may leave these root buffers on the offload device
+        return (z - self.shift.to(z)) / self.scale.to(z)
 
     def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`normalize`."""
-        return latents * self.scale.to(latents.dtype) + self.shift.to(latents.dtype)
+        return latents * self.scale.to(latents) + self.shift.to(latents)
 
     @apply_forward_hook
     def encode(
