@@ -81,6 +81,12 @@ def minilm():
 
 
 @pytest.fixture(scope="module")
+def text_encoder(minilm):
+    """The MiniLM encoder on its own, independent of the pipeline's copy."""
+    return mugv_dit.TextEncoder(minilm)
+
+
+@pytest.fixture(scope="module")
 def pipe(hub, minilm):
     cache, _ = hub
     with offline_hf_cache(cache):
@@ -139,11 +145,11 @@ def _official_loop(dit, text, text_mask, z, mask, height, width, steps, cfg):
 
 
 @pytest.mark.parametrize("task", ["i2v", "t2v"])
-def test_final_latents_equal_official_loop(pipe, task):
+def test_final_latents_equal_official_loop(pipe, text_encoder, task):
     image = _image()
     out = _generate(pipe, image=image if task == "i2v" else None, output_type="latent")
     # Same inputs, built independently: text batch [prompt + suffix, negative] ...
-    emb, mask = pipe.text_encoder(
+    emb, mask = text_encoder(
         ["a red fox runs through snow aesthetic score: 6.0.", OFFICIAL_NEGATIVE_PROMPT]
     )
     gen = torch.Generator().manual_seed(7)
@@ -165,7 +171,7 @@ def test_final_latents_equal_official_loop(pipe, task):
         assert torch.equal(out.latents[:, :, 0], ref[:, :, 0])  # conditioning frame clean
 
 
-def test_null_caption_guidance_equals_official_loop(pipe, tmp_path):
+def test_null_caption_guidance_equals_official_loop(pipe, text_encoder, tmp_path):
     """CFG against a trained null caption (caption dropout): the unconditional branch is
     the null embedding's first S rows under the prompt's own mask, as in training."""
     from safetensors.torch import save_file
@@ -178,7 +184,7 @@ def test_null_caption_guidance_equals_official_loop(pipe, tmp_path):
     loaded = load_null_text(tmp_path)
     assert torch.equal(loaded, null)
     out = _generate(pipe, negative_embedding=loaded, guidance=3.0, output_type="latent")
-    emb, mask = pipe.text_encoder(["a red fox runs through snow aesthetic score: 6.0."])
+    emb, mask = text_encoder(["a red fox runs through snow aesthetic score: 6.0."])
     s = emb.shape[1]
     text = torch.cat([emb, null[None, :s]])
     text_mask = torch.cat([mask, mask])
@@ -240,7 +246,7 @@ def test_components_offload_and_saved_pipeline_agree(pipe, tmp_path):
     seen = []
     handles = [
         m.register_forward_pre_hook(lambda m, a: seen.append(again._offload.is_on_device(m)))
-        for m in (again.text_encoder.model, again.dit)
+        for m in (again.text_encoder, again.dit)
     ]
     try:
         assert torch.equal(_generate(again, output_type="latent").latents, ref)
@@ -384,10 +390,10 @@ def _sdpa(q, k, v):  # reference attention on the full sequence, [B, L, N, K] la
 
 
 @pytest.mark.distributed
-def test_sequence_and_cfg_parallel_equal_single_process(pipe, hub):
+def test_sequence_and_cfg_parallel_equal_single_process(pipe, text_encoder, hub):
     _, snapshot = hub
     prompt = "a red fox runs through snow aesthetic score: 6.0."
-    emb, mask = pipe.text_encoder([prompt, OFFICIAL_NEGATIVE_PROMPT])
+    emb, mask = text_encoder([prompt, OFFICIAL_NEGATIVE_PROMPT])
     table = {prompt: (emb[0], mask[0]), OFFICIAL_NEGATIVE_PROMPT: (emb[1], mask[1])}
     kwargs = {"image": np.asarray(_image())}
     g = torch.Generator().manual_seed(0)
@@ -499,7 +505,7 @@ def test_out_of_memory_suggests_offload_and_tiling(pipe):
         def forward(self, *args, **kwargs):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
 
-    small = MUGVPipeline(OOMDiT(), pipe.vae, pipe.text_encoder)
+    small = MUGVPipeline(OOMDiT(), pipe.vae, pipe.text_encoder, tokenizer=pipe.tokenizer)
     with pytest.raises(torch.OutOfMemoryError, match=r"enable_block_offload.*vae_tiling"):
         _generate(small, output_type="latent")
 
@@ -574,8 +580,10 @@ def test_default_official_path_fully_offline(tmp_path):
     build_hf_cache(cache, "DeepFloyd/t5-v1_1-xxl", _tiny_t5_files(tmp_path))
     with offline_hf_cache(cache):
         pipe = MUGVPipeline.from_pretrained(vae_config=mugv_vae.VAEConfig.preset("debug"))
-    assert isinstance(pipe.text_encoder, mugv_dit.TextEncoder)
-    assert pipe.text_encoder.dim == 16 and pipe.text_encoder.max_length == 300
+    from transformers import T5EncoderModel
+
+    assert isinstance(pipe.text_encoder, T5EncoderModel)  # the components of a TextEncoder
+    assert pipe.text_encoder.config.d_model == 16 and pipe.config.max_sequence_length == 300
     emb, mask = pipe.encode_prompt(["a red fox"], OFFICIAL_NEGATIVE_PROMPT)
     # "a red fox aesthetic score: 6.0." + EOS = 7 tokens; the negative's words mostly <unk>.
     assert emb.shape == (2, 300, 16) and mask[0].sum() == 7

@@ -1,7 +1,10 @@
 """MUG-V inference: text-to-video and image-to-video generation.
 
 Entry points:
-- ``MUGVPipeline``: diffusers-style pipeline (``from_pretrained``, components,
+- ``MUGVPipeline``: a diffusers ``DiffusionPipeline`` (``DiffusionPipeline.from_pretrained``
+  returns it; diffusers offload, LoRA via ``MUGVLoraLoaderMixin``; ``MUGVFlowScheduler``),
+  ``convert_megatron_lora``, ``torchao_config`` / ``pipeline_quantization_config``
+  (``from_pretrained``, components,
   ``__call__`` with ``output_type`` "latent" / "np" / "pil" / "mp4").
 - ``FlowEulerSampler`` with ``ClassifierFreeGuidance`` / ``CFGZeroStar``, and
   ``frame_conditioning`` / ``extension_conditioning`` for any set of clean frames.
@@ -29,6 +32,7 @@ from mugv_infer.enhance import (
     EnhancerQuirks,
     MUGVEnhancer,
 )
+from mugv_infer.lora import MUGVLoraLoaderMixin, convert_megatron_lora
 from mugv_infer.offload import BlockOffload, ComponentOffload, enable_block_offload
 from mugv_infer.parallel import (
     ParallelGroups,
@@ -46,11 +50,14 @@ from mugv_infer.presets import (
     resolve_num_frames,
     resolve_size,
 )
+from mugv_infer.quant import pipeline_quantization_config, torchao_config
 from mugv_infer.sampling import (
     CFGZeroStar,
     ClassifierFreeGuidance,
     FlowEulerSampler,
     Guidance,
+    MUGVFlowScheduler,
+    as_guidance,
     extension_conditioning,
     frame_conditioning,
     initial_noise,
@@ -76,6 +83,8 @@ __all__ = [
     "GenerationOutput",
     "Guidance",
     "MUGVEnhancer",
+    "MUGVFlowScheduler",
+    "MUGVLoraLoaderMixin",
     "MUGVPipeline",
     "OfficialQuirks",
     "ParallelGroups",
@@ -83,18 +92,22 @@ __all__ = [
     "StepCache",
     "VideoFile",
     "__version__",
+    "as_guidance",
     "cfg_parallel",
+    "convert_megatron_lora",
     "enable_block_offload",
     "extension_conditioning",
     "frame_conditioning",
     "init_parallel",
     "initial_noise",
     "load_null_text",
+    "pipeline_quantization_config",
     "preprocess_image",
     "psnr",
     "read_mp4",
     "resolve_num_frames",
     "resolve_size",
+    "torchao_config",
     "ulysses_attention",
     "write_mp4",
 ]

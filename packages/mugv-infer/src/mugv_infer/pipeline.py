@@ -32,9 +32,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 
 from mugv_infer._cache import StepCache
 from mugv_infer._media import ImageInput, preprocess_image, to_uint8_frames, write_mp4
+from mugv_infer.lora import MUGVLoraLoaderMixin
 from mugv_infer.offload import BlockOffload, ComponentOffload
 from mugv_infer.parallel import ParallelGroups, SequenceParallelDiT, cfg_parallel
 from mugv_infer.presets import (
@@ -50,6 +52,7 @@ from mugv_infer.presets import (
 from mugv_infer.sampling import (
     FlowEulerSampler,
     Guidance,
+    MUGVFlowScheduler,
     as_guidance,
     frame_conditioning,
     initial_noise,
@@ -60,6 +63,7 @@ T5_XXL = "DeepFloyd/t5-v1_1-xxl"
 OutputType = Literal["latent", "pt", "np", "pil", "mp4"]
 _OUTPUT_TYPES = ("latent", "pt", "np", "pil", "mp4")
 _PIPELINE_CONFIG = "pipeline.json"
+_MODEL_INDEX = "model_index.json"
 
 
 @dataclass
@@ -82,31 +86,74 @@ class GenerationOutput:
     """Seconds per stage: text, reference, sampling, decode, write."""
 
 
-class MUGVPipeline:
-    """Diffusers-style MUG-V pipeline over three components and a sampler.
+class MUGVPipeline(DiffusionPipeline, MUGVLoraLoaderMixin):
+    """The MUG-V pipeline as a diffusers ``DiffusionPipeline``.
 
-    Components: ``dit`` (a ``mugv_dit.MUGDiT``), ``vae`` (a ``mugv_vae.VideoVAE``),
-    ``text_encoder`` (a ``mugv_dit.TextEncoder`` or any callable ``prompts -> (emb [B, S,
-    E], mask [B, S])``) and ``sampler`` (a ``FlowEulerSampler``).
+    Components (``register_modules``): ``dit`` (``mugv_dit.MUGDiT``), ``vae``
+    (``mugv_vae.VideoVAE``), ``text_encoder`` + ``tokenizer`` (transformers; T5-XXL
+    officially) and ``scheduler`` (`MUGVFlowScheduler`). ``save_pretrained`` writes the
+    diffusers layout (``model_index.json`` + one folder per component) and
+    ``DiffusionPipeline.from_pretrained(folder)`` returns this class (``import mugv_infer``
+    first). diffusers' ``enable_model_cpu_offload`` / ``enable_sequential_cpu_offload`` /
+    ``enable_group_offload`` and LoRA loading (``load_lora_weights``) work on it.
+
+    Also accepted, as before: ``text_encoder`` a ``mugv_dit.TextEncoder`` (split into its
+    model and tokenizer) or any callable ``prompts -> (emb [B, S, E], mask [B, S])``
+    (precomputed embeddings; not a component), and ``sampler`` a `FlowEulerSampler`
+    (turned into the scheduler).
     """
+
+    model_cpu_offload_seq = "text_encoder->dit->vae"
+    _optional_components: list[str] = ["text_encoder", "tokenizer", "scheduler"]  # noqa: RUF012
 
     def __init__(
         self,
         dit: torch.nn.Module,
         vae: torch.nn.Module,
-        text_encoder: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]],
+        text_encoder: Any = None,
         sampler: FlowEulerSampler | None = None,
         *,
+        tokenizer: Any = None,
+        scheduler: MUGVFlowScheduler | None = None,
+        max_sequence_length: int | None = None,
         device: torch.device | str | None = None,
         quirks: OfficialQuirks | None = None,
     ) -> None:
-        self.dit = dit
-        self.vae = vae
-        self.text_encoder = text_encoder
-        self.sampler = sampler if sampler is not None else FlowEulerSampler()
+        super().__init__()
+        prompt_fn = None
+        if text_encoder is not None and not isinstance(text_encoder, torch.nn.Module):
+            if isinstance(getattr(text_encoder, "model", None), torch.nn.Module) and hasattr(
+                text_encoder, "tokenizer"
+            ):  # a mugv_dit.TextEncoder: its transformers model and tokenizer
+                tokenizer = text_encoder.tokenizer
+                max_sequence_length = max_sequence_length or text_encoder.max_length
+                text_encoder = text_encoder.model
+            elif callable(text_encoder):  # weightless callable (precomputed embeddings)
+                prompt_fn, text_encoder = text_encoder, None
+            else:
+                raise TypeError(
+                    "text_encoder must be a transformers encoder (with tokenizer=), a "
+                    f"mugv_dit.TextEncoder or a callable, got {type(text_encoder).__name__}"
+                )
+        if text_encoder is not None and tokenizer is None:
+            raise ValueError("a text_encoder model needs its tokenizer: pass tokenizer=")
+        if scheduler is None:
+            scheduler = MUGVFlowScheduler.from_sampler(
+                sampler if sampler is not None else FlowEulerSampler()
+            )
+        elif sampler is not None:
+            raise ValueError("give sampler= or scheduler=, not both")
+        self.register_modules(
+            dit=dit, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
+        )
+        self.register_to_config(max_sequence_length=int(max_sequence_length or 300))
+        self._prompt_fn = prompt_fn
         self.quirks = quirks if quirks is not None else OfficialQuirks()
-        self.device = torch.device(device) if device is not None else _module_device(dit)
-        text_dim = getattr(text_encoder, "dim", None)
+        self._compute_device = torch.device(device) if device is not None else None
+        text_dim = getattr(prompt_fn, "dim", None)
+        if text_encoder is not None:
+            cfg = text_encoder.config
+            text_dim = int(getattr(cfg, "d_model", None) or cfg.hidden_size)
         if text_dim is not None and text_dim != dit.config.text_dim:
             raise ValueError(
                 f"text encoder width {text_dim} does not match the DiT's text_dim "
@@ -125,14 +172,23 @@ class MUGVPipeline:
 
     # ------------------------------------------------------------------ construction
     @property
-    def components(self) -> dict[str, Any]:
-        """The pipeline's parts, diffusers-style: ``MUGVPipeline(**pipe.components)``."""
-        return {
-            "dit": self.dit,
-            "vae": self.vae,
-            "text_encoder": self.text_encoder,
-            "sampler": self.sampler,
-        }
+    def sampler(self) -> FlowEulerSampler:
+        """The scheduler's settings as a `FlowEulerSampler` (the functional sampler)."""
+        return self.scheduler.to_sampler()
+
+    @property
+    def _execution_device(self) -> torch.device:
+        """Where the models run: the offload target (ours or diffusers'), else the DiT's."""
+        for offload in (self._offload, self._block_offload):
+            if offload is not None:
+                return offload.device
+        try:
+            device = super()._execution_device
+        except AttributeError:  # a component without parameters (a test double)
+            device = torch.device("cpu")
+        if device.type == "cpu" and self._compute_device is not None:
+            return self._compute_device
+        return device
 
     @classmethod
     def from_pretrained(
@@ -153,15 +209,18 @@ class MUGVPipeline:
         cache_dir: str | os.PathLike[str] | None = None,
         token: str | None = None,
         local_files_only: bool = False,
+        **kwargs: Any,
     ) -> MUGVPipeline:
-        """Load the pipeline from the official Hub layout, a local folder, or components.
+        """Load the pipeline from a diffusers folder, the official Hub layout, or components.
 
-        ``repo_or_dir`` holds ``dit.pt`` and ``vae.pt`` (the official ``MUG-V/MUG-V-inference``
-        layout), or ``dit/`` and ``vae/`` folders in our format (``save_pretrained``). Hub
+        ``repo_or_dir`` holds ``model_index.json`` (`save_pretrained`, read by diffusers'
+        ``DiffusionPipeline.from_pretrained``, which takes ``kwargs`` such as
+        ``quantization_config``), ``dit.pt`` and ``vae.pt`` (the official
+        ``MUG-V/MUG-V-inference`` layout), or the older ``dit/`` + ``vae/`` folders. Hub
         files go through the Hugging Face cache and honour offline mode. ``dit`` / ``vae``
-        replace the loaded components; ``text_encoder`` is a Hub id or folder (default the
-        official T5-XXL, run in ``text_encoder_dtype`` = float32 like the official code) or a
-        ready encoder. ``vae_config`` is the VAE topology of an official ``vae.pt`` (default
+        replace the loaded components; ``text_encoder`` is a Hub id or folder (default: the
+        folder's own encoder, else the official T5-XXL; run in ``text_encoder_dtype`` =
+        float32 like the official code) or a ready encoder. ``vae_config`` is the VAE topology of an official ``vae.pt`` (default
         the ``mugv`` preset). ``dtype`` defaults to bfloat16 on CUDA and float32 elsewhere.
         ``offload`` ("model" or "block") loads every component into CPU memory first and
         enables that offload mode, so the weights never need to fit the device together
@@ -172,7 +231,6 @@ class MUGVPipeline:
         from mugv_infer._checks import check_load_arguments
 
         check_load_arguments(locals())  # before any file is read (issue 14)
-
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
@@ -187,8 +245,23 @@ class MUGVPipeline:
             "token": token,
             "local_files_only": local_files_only,
         }
-        if dit is None or vae is None:
+        folder_index = Path(repo_or_dir) / _MODEL_INDEX
+        if dit is None or vae is None or folder_index.is_file():
             files = _resolve_weights(repo_or_dir, **hub)
+        else:  # both models given: nothing to read from repo_or_dir
+            files = {"format": "official"}
+        if files["format"] == "diffusers":
+            return cls._from_diffusers_folder(
+                files["root"], hub=hub, text_encoder=text_encoder, dit=dit, vae=vae,
+                sampler=sampler, device=device, dtype=dtype,
+                text_encoder_dtype=text_encoder_dtype, quirks=quirks, offload=offload, **kwargs,
+            )  # fmt: skip
+        if kwargs:
+            raise TypeError(
+                f"{sorted(kwargs)} are diffusers loading options: they apply to a folder "
+                "written by save_pretrained (model_index.json), not to the official layout"
+            )
+        if dit is None or vae is None:
             if dit is None:
                 load = (
                     mugv_dit.MUGDiT.from_official
@@ -212,35 +285,91 @@ class MUGVPipeline:
                 text_encoder, text_encoder_dtype, load_device, local_files_only, revision=None
             )
         pipe = cls(dit.eval(), vae.eval(), text_encoder, sampler, device=device, quirks=quirks)
+        return pipe._enable_offload(offload)
+
+    @classmethod
+    def _from_diffusers_folder(
+        cls,
+        root: str | os.PathLike[str],
+        *,
+        hub: dict[str, Any],
+        text_encoder: Any,
+        dit: torch.nn.Module | None,
+        vae: torch.nn.Module | None,
+        sampler: FlowEulerSampler | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        text_encoder_dtype: torch.dtype,
+        quirks: OfficialQuirks | None,
+        offload: str | None,
+        **kwargs: Any,
+    ) -> MUGVPipeline:
+        """diffusers' loader on a ``model_index.json`` folder or repo, with our options."""
+        passed: dict[str, Any] = {k: v for k, v in (("dit", dit), ("vae", vae)) if v is not None}
+        if sampler is not None:
+            passed["scheduler"] = MUGVFlowScheduler.from_sampler(sampler)
+        if isinstance(text_encoder, str | os.PathLike) and str(text_encoder) != T5_XXL:
+            text_encoder = _load_text_encoder(
+                text_encoder, text_encoder_dtype, torch.device("cpu"), hub["local_files_only"],
+                revision=None,
+            )  # fmt: skip
+        prompt_fn = None
+        if isinstance(getattr(text_encoder, "model", None), torch.nn.Module):  # TextEncoder
+            passed.update(text_encoder=text_encoder.model, tokenizer=text_encoder.tokenizer)
+        elif isinstance(text_encoder, torch.nn.Module):
+            passed["text_encoder"] = text_encoder
+        elif callable(text_encoder):
+            prompt_fn = text_encoder
+            passed.update(text_encoder=None, tokenizer=None)
+        if "dtype" not in kwargs and "torch_dtype" not in kwargs:
+            kwargs[_dtype_keyword()] = {"text_encoder": text_encoder_dtype, "default": dtype}
+        hub = {k: v for k, v in hub.items() if v is not None}
+        pipe = DiffusionPipeline.from_pretrained.__func__(cls, root, **hub, **passed, **kwargs)
+        if prompt_fn is not None:
+            pipe._prompt_fn = prompt_fn
+        if quirks is not None:
+            pipe.quirks = quirks
+        pipe._compute_device = device
+        if not offload:
+            pipe.to(device)
+        return pipe._enable_offload(offload)
+
+    def _enable_offload(self, offload: str | None) -> MUGVPipeline:
         if offload == "model":
-            pipe.enable_model_offload()
+            self.enable_model_offload()
         elif offload == "block":
-            pipe.enable_block_offload()
-        return pipe
+            self.enable_block_offload()
+        return self
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``dit/`` and ``vae/`` in our format plus ``pipeline.json`` (text encoder name,
-        sampler settings); ``from_pretrained(directory)`` reads it back."""
-        import json
+    def save_pretrained(  # type: ignore[override]
+        self, save_directory: str | os.PathLike[str], **kwargs: Any
+    ) -> Path:
+        """diffusers' ``save_pretrained``: ``model_index.json``, ``scheduler/`` and one folder
+        per component (``dit/``, ``vae/``, ``text_encoder/``, ``tokenizer/``), written into a
+        temporary folder and moved into place entry by entry (``model_index.json`` last).
+        ``MUGVPipeline.from_pretrained`` and ``DiffusionPipeline.from_pretrained`` read it."""
+        import shutil
+        import tempfile
 
-        out = Path(directory)
+        out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
-        self.dit.save_pretrained(out / "dit")
-        self.vae.save_pretrained(out / "vae")
-        info = {
-            "text_encoder": getattr(self.text_encoder, "name_or_path", None),
-            "sampler": dataclasses.asdict(self.sampler),
-        }
-        tmp = out / f".{_PIPELINE_CONFIG}.tmp"
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, out / _PIPELINE_CONFIG)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        try:
+            DiffusionPipeline.save_pretrained(self, tmp, **kwargs)
+            for entry in sorted(tmp.iterdir(), key=lambda e: e.name == _MODEL_INDEX):
+                target = out / entry.name
+                if target.is_dir() and entry.is_dir():
+                    shutil.rmtree(target)
+                os.replace(entry, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return out
 
     # ------------------------------------------------------------------ memory and speed
     def enable_model_offload(self) -> MUGVPipeline:
         """Whole-component CPU offload: only the running component (text encoder, DiT or
         VAE) occupies device memory."""
-        self._offload = ComponentOffload(self.device)
+        self._offload = ComponentOffload(self._offload_target())
         for module in self._managed_modules():
             self._offload.add(module)
         return self
@@ -248,14 +377,20 @@ class MUGVPipeline:
     def enable_block_offload(self, prefetch: int = 1) -> MUGVPipeline:
         """DiT blocks streamed to the device one at a time (``1 + prefetch`` resident); the
         text encoder and VAE are offloaded whole."""
-        self._offload = ComponentOffload(self.device)
+        target = self._offload_target()
+        self._offload = ComponentOffload(target)
         for module in self._managed_modules():
             if module is not self.dit:
                 self._offload.add(module)
         self._block_offload = BlockOffload(
-            self.dit, list(self.dit.blocks), self.device, prefetch=prefetch
+            self.dit, list(self.dit.blocks), target, prefetch=prefetch
         )
         return self
+
+    def _offload_target(self) -> torch.device:
+        if self._compute_device is not None:
+            return self._compute_device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def enable_vae_tiling(self, tile_latent_size: int = 32, overlap: int = 4) -> MUGVPipeline:
         """Decode in overlapping spatial tiles of ``tile_latent_size`` latent pixels."""
@@ -293,8 +428,7 @@ class MUGVPipeline:
         return self
 
     def _managed_modules(self) -> list[torch.nn.Module]:
-        text = _text_module(self.text_encoder)
-        return [m for m in (text, self.dit, self.vae) if m is not None]
+        return [m for m in (self.text_encoder, self.dit, self.vae) if m is not None]
 
     def _on_device(self, component: Any):
         """Offload context for a component (the text encoder object, the DiT or the VAE)."""
@@ -336,14 +470,40 @@ class MUGVPipeline:
                 )
             texts += negs
         self._warn_truncation(texts)
+        device = self._execution_device
+        emb, mask = self.encode_text(texts)
+        return emb.to(device), mask.to(device)
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """texts -> (emb [B, S, E], mask [B, S] bool), the official tokenisation (padding to
+        ``max_sequence_length`` = 300, truncation, special tokens; the EOS counts in the
+        mask) and the encoder's ``last_hidden_state`` under the attention mask (§C)."""
+        if self._prompt_fn is not None:
+            return self._prompt_fn(texts)
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError(
+                "this pipeline has no text encoder: pass text_encoder= (and tokenizer=), or "
+                "a callable giving the embeddings"
+            )
+        tokens = self.tokenizer(
+            texts,
+            max_length=self.config.max_sequence_length,
+            padding="max_length",
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        device = self._execution_device
+        ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
         with self._on_device(self.text_encoder):
-            emb, mask = self.text_encoder(texts)
-        return emb.to(self.device), mask.to(self.device)
+            emb = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return emb, mask.bool()
 
     def _warn_truncation(self, texts: list[str]) -> None:
-        tokenizer = getattr(self.text_encoder, "tokenizer", None)
-        limit = getattr(self.text_encoder, "max_length", None)
-        if tokenizer is None or limit is None:
+        tokenizer = self.tokenizer if self._prompt_fn is None else None
+        limit = self.config.max_sequence_length
+        if tokenizer is None:
             return
         for text in dict.fromkeys(texts):
             n = len(tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
@@ -365,7 +525,7 @@ class MUGVPipeline:
         pixels = preprocess_image(image, height, width)
         with self._on_device(self.vae):
             latent = self.vae.encode_image(
-                pixels[None].to(self.device, self.vae.dtype),
+                pixels[None].to(self._execution_device, self.vae.dtype),
                 sample=self.quirks.reference_posterior_sample,
                 generator=generator,
             )
@@ -394,6 +554,82 @@ class MUGVPipeline:
             return call(x.to(dit.dtype), t, m, text, text_mask)
 
         return denoiser
+
+    def prepare_latents(
+        self,
+        shape: tuple[int, int, int, int, int],
+        generator: torch.Generator,
+        device: torch.device,
+        cond_latents: torch.Tensor | None = None,
+        cond_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Initial state [B, C, T, h, w] and the generated-frame mask [B, T].
+
+        Noise is drawn on the generator's device in the DiT dtype; conditioning frames
+        (``cond_mask`` True) start from their clean latents."""
+        b, _, frames = shape[:3]
+        z = initial_noise(shape, generator=generator, dtype=self.dit.dtype, device=device)
+        gen_mask = torch.ones(b, frames, dtype=torch.bool, device=device)
+        if cond_mask is None and cond_latents is None:
+            return z, gen_mask
+        if cond_mask is None or cond_latents is None:
+            raise ValueError("cond_latents and cond_mask must be given together")
+        if cond_mask.shape != (b, frames):
+            raise ValueError(
+                f"cond_mask must be [B, T] = {(b, frames)}, got {tuple(cond_mask.shape)}"
+            )
+        if cond_latents.shape != z.shape:
+            raise ValueError(
+                f"cond_latents must have the noise shape {tuple(z.shape)}, "
+                f"got {tuple(cond_latents.shape)}"
+            )
+        if bool(cond_mask.all()):
+            raise ValueError("every frame is a conditioning frame: nothing to generate")
+        cond_mask = cond_mask.to(device=device, dtype=torch.bool)
+        keep = cond_mask[:, None, :, None, None]
+        z = torch.where(keep, cond_latents.to(device=device, dtype=z.dtype), z)
+        return z, ~cond_mask
+
+    def _denoise(
+        self,
+        denoiser: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        z: torch.Tensor,
+        gen_mask: torch.Tensor,
+        guide: Guidance,
+        *,
+        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None,
+        progress: bool,
+    ) -> torch.Tensor:
+        """The official sampling loop (§D.3) over ``self.scheduler.timesteps``: one batch
+        [cond, uncond] per step with guidance, the step cache if enabled, the scheduler's
+        Euler step, then the conditioning frames reset to their clean value."""
+        ts = self.scheduler.timesteps
+        if self.step_cache is not None:
+            self.step_cache.reset(len(ts))
+        use_uncond = guide.needs_uncond()
+        self.set_progress_bar_config(disable=not progress, desc="sampling", unit="step")
+        with self.progress_bar(total=len(ts)) as bar:
+            for i, t in enumerate(ts):
+                x0 = z
+                x_in = torch.cat([z, z]) if use_uncond else z
+                m_in = torch.cat([gen_mask, gen_mask]) if use_uncond else gen_mask
+                t_in = t.expand(x_in.shape[0])
+                if self.step_cache is not None:
+                    out = self.step_cache(denoiser, x_in, t_in, m_in, i)
+                else:
+                    out = denoiser(x_in, t_in, m_in)
+                if use_uncond:
+                    v_cond, v_uncond = out.chunk(2)
+                    v = guide.combine(v_cond, v_uncond, i, len(ts))
+                else:
+                    v = out
+                z = self.scheduler.step(v, t, z).prev_sample
+                # conditioning frames back to their clean value (official where(x_mask, z, x0))
+                z = torch.where(gen_mask[:, None, :, None, None], z, x0)
+                if callback is not None:
+                    callback(i, t, z)
+                bar.update()
+        return z
 
     def decode(
         self, latents: torch.Tensor, num_frames: int, reference: torch.Tensor | None = None
@@ -496,11 +732,7 @@ class MUGVPipeline:
             height, width = resolve_size(aspect, resolution, odd_sizes=quirks.odd_sizes)
         num_frames = resolve_num_frames(duration)
         C, T, h, w = self.vae.latent_shape(num_frames, height, width)
-        sampler = dataclasses.replace(
-            self.sampler,
-            num_steps=steps if steps is not None else self.sampler.num_steps,
-            bf16_ratio=quirks.bf16_shift_ratio,
-        )
+        device = self._execution_device
         if generator is None:
             generator = torch.Generator("cpu")
             # No seed: a fresh one from the OS, without touching torch's global RNG.
@@ -540,28 +772,25 @@ class MUGVPipeline:
                     if index == 0:
                         reference = pixels[None].expand(B, -1, -1, -1)
                 cond_latents, cond_mask = frame_conditioning(
-                    (B, C, T, h, w), frames, device=self.device, dtype=torch.float32
+                    (B, C, T, h, w), frames, device=device, dtype=torch.float32
                 )
             timings["reference"] = time.perf_counter() - t0
 
-            # 3-4. noise and sampling
+            # 3. noise, conditioning frames in place of theirs
             t0 = time.perf_counter()
-            noise = initial_noise(
-                (B, C, T, h, w), generator=generator, dtype=self.dit.dtype, device=self.device
+            latents, gen_mask = self.prepare_latents(
+                (B, C, T, h, w), generator, device, cond_latents, cond_mask
             )
+
+            # 4. the denoising loop (scheduler steps, CFG, clean frames reset)
+            self.scheduler.set_timesteps(
+                steps, device=device, height=height, width=width, latent_frames=T,
+                bf16_ratio=quirks.bf16_shift_ratio,
+            )  # fmt: skip
             denoiser = self._denoiser(emb, mask, fps, B)
             with self._on_device(self.dit):
-                latents = sampler.sample(
-                    denoiser,
-                    noise,
-                    height=height,
-                    width=width,
-                    guidance=guide,
-                    cond_latents=cond_latents,
-                    cond_mask=cond_mask,
-                    step_cache=self.step_cache,
-                    callback=callback,
-                    progress=progress,
+                latents = self._denoise(
+                    denoiser, latents, gen_mask, guide, callback=callback, progress=progress
                 )
             timings["sampling"] = time.perf_counter() - t0
             out = GenerationOutput(
@@ -572,6 +801,7 @@ class MUGVPipeline:
                 timings=timings,
             )
             if output_type == "latent":
+                self.maybe_free_model_hooks()
                 return out
 
             # 5. decode (reference frame prepended for first-frame conditioning)
@@ -579,6 +809,7 @@ class MUGVPipeline:
             first_only = images is not None and set(_positions(images, T)) == {0}
             video = self.decode(latents, num_frames, reference if first_only else None)
             timings["decode"] = time.perf_counter() - t0
+            self.maybe_free_model_hooks()
         except torch.OutOfMemoryError as exc:
             raise torch.OutOfMemoryError(
                 f"out of device memory generating {B} x {num_frames} frames at {height} x "
@@ -646,7 +877,9 @@ class MUGVPipeline:
             )
         height, width = video.shape[-2:]
         with torch.no_grad(), self._on_device(self.vae):
-            context = self.vae.encode(video[:, :, -need:].to(self.device, self.vae.dtype))
+            context = self.vae.encode(
+                video[:, :, -need:].to(self._execution_device, self.vae.dtype)
+            )
         cond, mask = extension_conditioning(context.float(), context_frames, num_new_frames // 8)
         if isinstance(prompt, str):
             prompt = [prompt] * cond.shape[0]
@@ -738,6 +971,8 @@ def _resolve_weights(
     """Locate dit/vae weights: {"format": "official" | "ours", "dit": path, "vae": path}."""
     path = Path(repo_or_dir)
     if path.is_dir():
+        if (path / _MODEL_INDEX).is_file():
+            return {"format": "diffusers", "root": path}
         if (path / "dit.pt").is_file() and (path / "vae.pt").is_file():
             return {"format": "official", "dit": path / "dit.pt", "vae": path / "vae.pt"}
         if (path / "dit" / "config.json").is_file() and (path / "vae").is_dir():
@@ -768,6 +1003,13 @@ def _resolve_weights(
     except EntryNotFoundError:
         pass
     except Exception as exc:  # offline without cache, unknown repo, network errors
+        raise _hub_error(repo, exc) from exc
+    try:
+        hf_hub_download(repo, _MODEL_INDEX, **kwargs)
+        return {"format": "diffusers", "root": repo}
+    except EntryNotFoundError:
+        pass
+    except Exception as exc:
         raise _hub_error(repo, exc) from exc
     try:
         from huggingface_hub import snapshot_download
@@ -849,3 +1091,25 @@ def _with_null_branch(
         )
     uncond = null[:s].to(emb)[None].expand(b, -1, -1)
     return torch.cat([emb, uncond]), torch.cat([mask, mask])
+
+
+def _dtype_keyword() -> str:
+    """diffusers renamed ``from_pretrained(torch_dtype=)`` to ``dtype=`` (the old name warns)."""
+    try:  # the helper that came with the rename
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
+def _register_with_diffusers() -> None:
+    """``DiffusionPipeline.from_pretrained(folder)`` looks the ``model_index.json`` class name
+    up in the ``diffusers`` namespace (it has no registry for out-of-tree pipelines); make
+    ``MUGVPipeline`` findable there once ``mugv_infer`` is imported."""
+    import diffusers
+
+    if getattr(diffusers, MUGVPipeline.__name__, None) is not MUGVPipeline:
+        setattr(diffusers, MUGVPipeline.__name__, MUGVPipeline)
+
+
+_register_with_diffusers()

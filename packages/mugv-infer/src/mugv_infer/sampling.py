@@ -13,7 +13,8 @@ Conventions (architecture reference §D.1-D.3):
   ``x_mask`` False (the DiT modulates them with t = 0) and reset to their clean value after
   every step.
 
-The sampler is model-agnostic (diffusers' scheduler / model split): it calls a *denoiser*
+`MUGVFlowScheduler` is the same sampler as a diffusers scheduler (``set_timesteps`` /
+``step``), the one `MUGVPipeline` runs. The sampler is model-agnostic (diffusers' scheduler / model split): it calls a *denoiser*
 ``denoiser(x [N, C, T, H, W], timestep [N], x_mask [N, T]) -> velocity [N, C, T, H, W]``.
 With guidance, N = 2B: the conditional half first, then the unconditional half, in one batch.
 """
@@ -23,9 +24,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+from diffusers import ConfigMixin, SchedulerMixin
+from diffusers.configuration_utils import register_to_config
 
 if TYPE_CHECKING:
     from mugv_infer._cache import StepCache
@@ -347,3 +350,149 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> float:
     if mse == 0:
         return math.inf
     return 10 * math.log10(data_range**2 / mse)
+
+
+# ------------------------------------------------------------------- diffusers scheduler
+
+
+@dataclass
+class MUGVSchedulerOutput:
+    """What `MUGVFlowScheduler.step` returns (diffusers' ``SchedulerOutput`` shape)."""
+
+    prev_sample: torch.Tensor
+    """[B, C, T, H, W] the state after the step."""
+
+
+class MUGVFlowScheduler(SchedulerMixin, ConfigMixin):
+    """The official rectified-flow Euler sampler as a diffusers scheduler.
+
+    ``set_timesteps(num_inference_steps, device, height=, width=, latent_frames=)`` sets
+    ``timesteps`` (float32, 0-1000 scale, first = 1000, shifted as in §D.2 with the bf16
+    ratio quirk of §H.5); ``step(velocity, t, sample)`` is one Euler step z + v (t - t_next)
+    / 1000, the last one to 0. Numerically identical to `FlowEulerSampler`.
+    """
+
+    config_name = "scheduler_config.json"
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        shift: bool = True,
+        shift_scale: float = 1.0,
+        bf16_ratio: bool = True,
+        num_inference_steps: int = 25,
+    ) -> None:
+        if num_train_timesteps < 1:
+            raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
+        if shift_scale <= 0:
+            raise ValueError(f"shift_scale must be > 0, got {shift_scale}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        self.timesteps = torch.empty(0)
+        self.num_inference_steps: int | None = None
+        self._step_index: int | None = None
+
+    @classmethod
+    def from_sampler(cls, sampler: FlowEulerSampler) -> MUGVFlowScheduler:
+        """The scheduler with a `FlowEulerSampler`'s settings."""
+        return cls(
+            num_train_timesteps=sampler.num_timesteps,
+            shift=sampler.shift,
+            shift_scale=sampler.shift_scale,
+            bf16_ratio=sampler.bf16_ratio,
+            num_inference_steps=sampler.num_steps,
+        )
+
+    def to_sampler(self) -> FlowEulerSampler:
+        c = self.config
+        return FlowEulerSampler(
+            num_steps=c.num_inference_steps,
+            num_timesteps=c.num_train_timesteps,
+            shift=c.shift,
+            shift_scale=c.shift_scale,
+            bf16_ratio=c.bf16_ratio,
+        )
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    def shift_ratio(
+        self, height: int, width: int, latent_frames: int, bf16_ratio: bool | None = None
+    ) -> torch.Tensor:
+        """r = sqrt(H W / 512^2) sqrt(T_lat) shift_scale, each op rounded in bf16 when
+        ``bf16_ratio`` (the official ``timestep_transform`` op order, §H.5)."""
+        bf16 = self.config.bf16_ratio if bf16_ratio is None else bf16_ratio
+        dtype = torch.bfloat16 if bf16 else torch.float64
+        h = torch.tensor([float(height)], dtype=dtype)
+        w = torch.tensor([float(width)], dtype=dtype)
+        t = torch.tensor([float(latent_frames)], dtype=dtype)
+        space = (h * w / _BASE_RESOLUTION).sqrt()
+        time = (t / 1).sqrt() if latent_frames != 1 else torch.ones_like(t)
+        return space * time * self.config.shift_scale
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: torch.device | str | None = None,
+        *,
+        height: int,
+        width: int,
+        latent_frames: int,
+        bf16_ratio: bool | None = None,
+    ) -> None:
+        """``timesteps`` for a clip of ``height`` x ``width`` pixels and ``latent_frames``."""
+        n = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
+        if n < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {n}")
+        scale = float(self.config.num_train_timesteps)
+        base = torch.tensor([(1.0 - i / n) * scale for i in range(n)], dtype=torch.float32)
+        ts = base
+        if self.config.shift:
+            bf16 = self.config.bf16_ratio if bf16_ratio is None else bf16_ratio
+            ratio = self.shift_ratio(height, width, latent_frames, bf16)
+            if not bf16:
+                ratio = ratio.float()
+            s = base / scale
+            # bf16 ratio times float32 timesteps: ``ratio - 1`` rounds in bf16 (exact for
+            # ratio >= 1) and the products promote to float32, as in the official code.
+            ts = (ratio * s / (1 + (ratio - 1) * s) * scale).float()
+        self.timesteps = ts.to(device) if device is not None else ts
+        self.num_inference_steps = n
+        self._step_index = None
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        return sample
+
+    def index_for_timestep(self, timestep: torch.Tensor | float) -> int:
+        hits = (self.timesteps == torch.as_tensor(timestep, device=self.timesteps.device)).nonzero()
+        if len(hits) == 0:
+            raise ValueError(f"timestep {float(timestep)} is not one of the scheduler's timesteps")
+        return int(hits[0])
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: torch.Tensor | float,
+        sample: torch.Tensor,
+        return_dict: bool = True,
+    ) -> MUGVSchedulerOutput | tuple[torch.Tensor]:
+        """One Euler step: sample + velocity (t - t_next) / num_train_timesteps."""
+        if self.num_inference_steps is None:
+            raise RuntimeError("call set_timesteps(...) before step(...)")
+        if self._step_index is None:
+            self._step_index = self.index_for_timestep(timestep)
+        i = self._step_index
+        t = self.timesteps[i]
+        t_next = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else None
+        dt = (t - t_next if t_next is not None else t) / self.config.num_train_timesteps
+        prev = sample + model_output * dt
+        self._step_index = i + 1
+        if not return_dict:
+            return (prev,)
+        return MUGVSchedulerOutput(prev_sample=prev)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
