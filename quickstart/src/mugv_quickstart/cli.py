@@ -41,10 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_STAGE_NAMES = ("synth", "curate", "vae", "encode", "dit", "generate", "evaluate", "report")
+
+
+def _bad_input(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments (checked before torch loads), or None."""
+    if args.threads < 1:
+        return f"--threads must be >= 1, got {args.threads}"
+    if args.seed < 0:
+        return f"--seed must be >= 0, got {args.seed}"
+    if args.stop_after is not None and args.stop_after not in _STAGE_NAMES:
+        return f"--stop-after {args.stop_after!r} is not a stage; choose one of {_STAGE_NAMES}"
+    if args.out.exists() and not args.out.is_dir():
+        return f"--out {args.out} exists and is not a folder"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads < 1:
-        print("mugv-quickstart: --threads must be >= 1", file=sys.stderr)
+    problem = _bad_input(args)
+    if problem is not None:
+        print(f"mugv-quickstart: error: {problem}", file=sys.stderr)
         return 2
     # Before torch loads OpenMP: idle workers sleep instead of spinning.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -64,8 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = run_stages(STAGES, args.out, config, stop_after=args.stop_after)
     except (RunError, ValueError, FileNotFoundError) as e:
-        print(f"mugv-quickstart: {e}", file=sys.stderr)
+        print(f"mugv-quickstart: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "mugv-quickstart: interrupted; finished stages are kept, rerun to resume",
+            file=sys.stderr,
+        )
+        return 130
     spent = time.perf_counter() - start
     if "report" in results:
         out = args.out / "report"
