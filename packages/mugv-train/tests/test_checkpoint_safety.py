@@ -45,7 +45,7 @@ def _copy_run(src: Path, dst: Path) -> Path:
     return dst / "checkpoints" / "step_00000002"
 
 
-@pytest.mark.parametrize("name", ["model_tp0_pp0.pt", "optim_tp0_pp0.pt", "trainer_dp0.pt"])
+@pytest.mark.parametrize("name", ["model_tp0_pp0.pt", "optim_tp0_pp0_dp0_cp0.pt", "trainer_dp0.pt"])
 def test_planted_pickle_payload_never_runs(run_with_checkpoint, tmp_path, name):
     from mugv_train import UnsafeCheckpointError, train
 
@@ -86,8 +86,8 @@ def test_truncated_checkpoint_file_is_named(run_with_checkpoint, tmp_path):
 
     shards, run = run_with_checkpoint
     step = _copy_run(run, tmp_path / "run")
-    data = (step / "optim_tp0_pp0.pt").read_bytes()
-    (step / "optim_tp0_pp0.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"optim_tp0_pp0\.pt cannot be read") as info:
+    data = (step / "optim_tp0_pp0_dp0_cp0.pt").read_bytes()
+    (step / "optim_tp0_pp0_dp0_cp0.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"optim_tp0_pp0_dp0_cp0\.pt cannot be read") as info:
         train(tiny_train_config(shards, tmp_path / "run", steps=4))
     assert not isinstance(info.value, UnsafeCheckpointError)

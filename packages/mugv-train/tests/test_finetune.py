@@ -25,14 +25,13 @@ def _spy_reference(monkeypatch):
     import mugv_train.loop as loop
 
     seen = {}
-    real = loop.run_pipeline
+    real = loop.forward_only
 
-    def spy(model, microbatches, loss_fn, *, forward_only=False, **kw):
-        if forward_only:
-            seen.setdefault("ref", model)
-        return real(model, microbatches, loss_fn, forward_only=forward_only, **kw)
+    def spy(chunks, microbatches, loss_fn):
+        seen.setdefault("ref", chunks[0])
+        return real(chunks, microbatches, loss_fn)
 
-    monkeypatch.setattr(loop, "run_pipeline", spy)
+    monkeypatch.setattr(loop, "forward_only", spy)
     return seen
 
 
@@ -113,9 +112,10 @@ def test_lora_trains_only_the_adapters(megatron_tp1, tmp_path):
 @pytest.mark.distributed
 @pytest.mark.timeout(300)
 def test_cli_under_torchrun_pipeline_parallel_matches_one_process(megatron_tp1, tmp_path):
-    """`torchrun --nproc-per-node 2 -m mugv_train.cli` with PP = 2 (gloo) and two
-    micro-batches per step: the losses equal the single-process run's, so every stage drew
-    the same tasks, timesteps and noise and the schedule accumulated the right gradients."""
+    """`torchrun --nproc-per-node 2 -m mugv_train.cli` with PP = 2 (gloo, Megatron's 1F1B
+    schedule under mugv-testing's CUDA shim) and two micro-batches per step: the losses
+    equal the single-process run's, so every stage drew the same tasks, timesteps and noise
+    and the schedule accumulated the right gradients."""
     from mugv_train import apply_overrides, train
     from mugv_train.recipes import debug
 
@@ -134,7 +134,8 @@ def test_cli_under_torchrun_pipeline_parallel_matches_one_process(megatron_tp1, 
     with socket.socket() as sock:  # torchrun's static rendezvous needs a concrete port
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
-    cmd = [torchrun, "--nproc-per-node", "2", "--master-port", port, "-m", "mugv_train.cli"]
+    cmd = [torchrun, "--nproc-per-node", "2", "--master-port", port, "-m"]
+    cmd += ["mugv_testing._mcore_shim", "mugv_train.cli"]
     cmd += ["debug", "--shards", str(shards), "--out", str(out), *overrides]
     proc = subprocess.run(
         [*cmd, "parallel.pipeline_parallel=2"],

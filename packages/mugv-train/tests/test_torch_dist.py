@@ -37,34 +37,39 @@ def test_sharded_state_dict_stacks_layers_like_the_official_checkpoints(megatron
     assert {t.key for t in sharded.values() if isinstance(t, ShardedTensor)} == set(stacked)
 
 
-def test_torch_dist_checkpoint_resumes_bitwise_on_cpu(megatron_tp1, tmp_path, monkeypatch):
-    """Megatron's torch_dist writer makes two CUDA calls that have no CPU meaning (a stream
-    synchronize, and the device of a 1-element error flag): made CPU no-ops here, the real
-    writer and loader produce and read the checkpoint."""
+def test_torch_dist_checkpoint_resumes_bitwise_on_cpu(megatron_tp1, tmp_path):
+    """Megatron's torch_dist writer and its engine (DDP, distributed optimizer, schedule)
+    make CUDA calls that have no CPU meaning: under mugv-testing's CUDA shim the real
+    writer and loader produce and read the checkpoint, model and distributed-optimizer
+    state included."""
     import dataclasses
 
-    from mugv_train import CheckpointConfig, train
+    from mugv_testing._mcore_shim import cuda_shim
+    from mugv_train import CheckpointConfig, ParallelConfig, train
 
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")
-    torch.set_num_threads(1)
-    shards = tiny_shards(tmp_path / "shards")
-    cfg = tiny_train_config(shards, tmp_path / "out", steps=6)
-    cfg = dataclasses.replace(
-        cfg, checkpoint=CheckpointConfig(save_every=2, keep_last=2, format="torch_dist")
-    )
-    first = train(cfg).losses
-    root = tmp_path / "out" / "checkpoints"
-    step6 = root / "step_00000006"
-    assert json.loads((step6 / "meta.json").read_text())["format"] == "torch_dist"
-    dist_meta = json.loads((step6 / "dist" / "metadata.json").read_text())
-    assert dist_meta["sharded_backend"] == "torch_dist"
-    assert list((step6 / "dist").glob("*.distcp"))
-    assert not (root / "step_00000002").exists()  # keep_last=2
+    with cuda_shim():
+        torch.set_num_threads(1)
+        shards = tiny_shards(tmp_path / "shards")
+        cfg = tiny_train_config(shards, tmp_path / "out", steps=6)
+        cfg = dataclasses.replace(
+            cfg,
+            checkpoint=CheckpointConfig(save_every=2, keep_last=2, format="torch_dist"),
+            # Megatron's distributed optimizer reshards Adam state of TE / Apex optimizers;
+            # its CPU fallback (torch AdamW) keeps per-parameter steps it does not save
+            parallel=ParallelConfig(distributed_optimizer=False),
+        )
+        first = train(cfg).losses
+        root = tmp_path / "out" / "checkpoints"
+        step6 = root / "step_00000006"
+        assert json.loads((step6 / "meta.json").read_text())["format"] == "torch_dist"
+        dist_meta = json.loads((step6 / "dist" / "metadata.json").read_text())
+        assert dist_meta["sharded_backend"] == "torch_dist"
+        assert list((step6 / "dist").glob("*.distcp"))
+        assert not (root / "step_00000002").exists()  # keep_last=2
 
-    # lose the last checkpoint: the run resumes from step 4 (model, AdamW moments, LR,
-    # data position, RNG) and recomputes steps 5-6 exactly
-    shutil.rmtree(step6)
-    (root / "latest").unlink()
-    resumed = train(cfg).losses
-    assert resumed == first
+        # lose the last checkpoint: the run resumes from step 4 (model, AdamW moments, LR,
+        # data position, RNG) and recomputes steps 5-6 exactly
+        shutil.rmtree(step6)
+        (root / "latest").unlink()
+        resumed = train(cfg).losses
+        assert resumed == first

@@ -19,7 +19,13 @@ def _free_port() -> int:
 
 
 def _worker(
-    rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple, queue: Any
+    rank: int,
+    world_size: int,
+    port: int,
+    fn: Callable[..., Any],
+    args: tuple,
+    queue: Any,
+    cuda_shim: bool = False,
 ) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -31,6 +37,10 @@ def _worker(
         OMP_NUM_THREADS="1",
     )
     try:
+        if cuda_shim:
+            from mugv_testing._mcore_shim import install
+
+            install()
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         result = fn(rank, world_size, *args)
         queue.put((rank, True, result))
@@ -42,20 +52,31 @@ def _worker(
 
 
 def run_distributed(
-    fn: Callable[..., Any], world_size: int = 2, args: tuple = (), timeout: float = 240.0
+    fn: Callable[..., Any],
+    world_size: int = 2,
+    args: tuple = (),
+    timeout: float = 240.0,
+    *,
+    cuda_shim: bool = False,
 ) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` spawned processes over gloo.
 
     ``fn`` must be importable (a module-level function) and its return value picklable.
     The environment each rank sees matches ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK,
     MASTER_ADDR/PORT). Returns the per-rank results in rank order; raises RuntimeError
-    with the failing rank's traceback, or TimeoutError if a rank hangs.
+    with the failing rank's traceback, or TimeoutError if a rank hangs. ``cuda_shim``:
+    each rank first installs :mod:`mugv_testing._mcore_shim` (Megatron-Core's CUDA calls
+    made CPU no-ops), so Megatron's schedules, DDP and optimizer run over gloo.
     """
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
     procs = [
-        ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue), daemon=True)
+        ctx.Process(
+            target=_worker,
+            args=(r, world_size, port, fn, args, queue, cuda_shim),
+            daemon=True,
+        )
         for r in range(world_size)
     ]
     for p in procs:

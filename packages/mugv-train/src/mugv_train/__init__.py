@@ -11,8 +11,9 @@ Entry points:
 - Objectives: ``mugv_train.objectives`` (flow matching, task mix, DPO, KTO).
 - Megatron model and converter: ``MegatronMUGDiT``, ``mugdit_layer_spec``,
   ``dit_to_megatron`` / ``megatron_to_dit``; ``mugv_train.parallel`` for TP sharding,
-  torch_dist layer stacking, the pipeline schedule (``run_pipeline``) and the gradient
-  reduction over TP / SP / CP / PP / DP (``finalize_grads``).
+  torch_dist layer stacking and process groups. The step runs on Megatron-Core's engine
+  (``get_forward_backward_func``, ``DistributedDataParallel``, ``finalize_model_grads``,
+  ``get_megatron_optimizer``).
 - ``grow_width`` (2B -> 10B width growth), ``post_hoc_ema``, ``export_mugv_dit``,
   ``write_synthetic_shards``, ``dit_flops_per_sample``; the ``mugv-train`` command.
 

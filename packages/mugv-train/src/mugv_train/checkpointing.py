@@ -3,12 +3,16 @@
 Layout (``<output_dir>/checkpoints``)::
 
     step_00000100/            one complete checkpoint
-        meta.json             format version, step, TP size, DiTConfig, run name
-        model_tp{t}_pp{p}.pt  the model part of TP rank t on pipeline stage p (written by
-                              DP rank 0, CP rank 0: the other copies are equal)
-        optim_tp{t}_pp{p}.pt  optimizer state of that part
-        trainer_dp{d}.pt      step, LR scheduler, data position, RNG states, EMA, history
-                              (one per DP rank: data positions differ per rank)
+        meta.json             format version, step, parallel layout, DiTConfig, run name
+        model_tp{t}_pp{p}.pt  the model part of TP rank t on pipeline rank p, all its
+                              virtual stages, layers under global numbers (written by DP
+                              rank 0, CP rank 0: the other copies are equal)
+        ema_tp{t}_pp{p}.pt    the EMA of exactly that part (sharded like the parameters)
+        optim_tp{t}_pp{p}_dp{d}_cp{c}.pt
+                              this rank's optimizer state (the distributed optimizer's
+                              shard of fp32 main weights and Adam moments)
+        trainer_dp{d}.pt      step, data position, RNG state, history (one per DP rank:
+                              data positions differ per rank)
     latest                    name of the newest complete checkpoint (atomic text file)
 
 Atomicity: every rank writes into ``step_XXXXXXXX.partial/``; after a barrier rank 0 renames
@@ -33,7 +37,7 @@ import torch.distributed as dist
 
 from mugv_train._io import atomic_torch_save, atomic_write_text, fsync_dir
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 class CheckpointError(RuntimeError):
@@ -137,6 +141,7 @@ def save_checkpoint(
     pp_rank: int = 0,
     cp_rank: int = 0,
     keep_last: int = 0,
+    ema_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write one checkpoint collectively (every rank calls this). Returns the final folder."""
     root = Path(root)
@@ -150,9 +155,12 @@ def save_checkpoint(
                 shutil.rmtree(partial)
             partial.mkdir(parents=True)
         _barrier()
+        part = f"tp{tp_rank}_pp{pp_rank}"
         if dp_rank == 0 and cp_rank == 0:
-            atomic_torch_save(model_state, partial / f"model_tp{tp_rank}_pp{pp_rank}.pt")
-            atomic_torch_save(optim_state, partial / f"optim_tp{tp_rank}_pp{pp_rank}.pt")
+            atomic_torch_save(model_state, partial / f"model_{part}.pt")
+            if ema_state is not None:
+                atomic_torch_save(ema_state, partial / f"ema_{part}.pt")
+        atomic_torch_save(optim_state, partial / f"optim_{part}_dp{dp_rank}_cp{cp_rank}.pt")
         if tp_rank == 0 and pp_rank == 0 and cp_rank == 0:
             atomic_torch_save(trainer_state, partial / f"trainer_dp{dp_rank}.pt")
     except OSError as exc:
@@ -221,6 +229,7 @@ def save_torch_dist(
     dp_rank: int,
     keep_last: int = 0,
     async_queue: Any = None,
+    ema_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a Megatron ``dist_checkpointing`` (torch_dist) checkpoint collectively.
 
@@ -249,6 +258,8 @@ def save_torch_dist(
         )
         if tp_rank == 0 and pp_rank == 0 and cp_rank == 0:
             atomic_torch_save(trainer_state, partial / f"trainer_dp{dp_rank}.pt")
+        if ema_state is not None and dp_rank == 0 and cp_rank == 0:
+            atomic_torch_save(ema_state, partial / f"ema_tp{tp_rank}_pp{pp_rank}.pt")
     except Exception as exc:  # OSError or Megatron's CheckpointingException wrapping it
         error = exc
     _fail(root, step, error)
@@ -270,7 +281,14 @@ def load_torch_dist(path: Path, sharded_template: dict[str, Any]) -> dict[str, A
 
 
 def load_checkpoint(
-    path: Path, *, tp_rank: int, dp_rank: int, expect: dict[str, Any], pp_rank: int = 0
+    path: Path,
+    *,
+    tp_rank: int,
+    dp_rank: int,
+    expect: dict[str, Any],
+    pp_rank: int = 0,
+    cp_rank: int = 0,
+    ema: bool = False,
 ) -> dict[str, Any]:
     """Read this rank's part of a checkpoint, checking that it fits the run.
 
@@ -304,11 +322,12 @@ def load_checkpoint(
         raise CheckpointError(
             f"{trainer} is missing: the checkpoint was written with a different DP size"
         )
+    part = f"tp{tp_rank}_pp{pp_rank}"
+    out = {"meta": meta, "trainer": read_torch_file(trainer)}
+    if ema:
+        out["ema"] = read_torch_file(path / f"ema_{part}.pt")
     if meta.get("format") == "torch_dist":  # model/optimizer: load_torch_dist(path, ...)
-        return {"meta": meta, "trainer": read_torch_file(trainer)}
-    return {
-        "meta": meta,
-        "model": read_torch_file(path / f"model_tp{tp_rank}_pp{pp_rank}.pt"),
-        "optim": read_torch_file(path / f"optim_tp{tp_rank}_pp{pp_rank}.pt"),
-        "trainer": read_torch_file(trainer),
-    }
+        return out
+    out["model"] = read_torch_file(path / f"model_{part}.pt")
+    out["optim"] = read_torch_file(path / f"optim_{part}_dp{dp_rank}_cp{cp_rank}.pt")
+    return out

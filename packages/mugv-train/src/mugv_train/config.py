@@ -28,7 +28,10 @@ class ParallelConfig:
     context_parallel: int = 1
     """CP degree: the token sequence is cut into CP chunks; self-attention all-gathers K/V."""
     pipeline_parallel: int = 1
-    """PP degree: the layer stack is cut into PP stages (all-forward-all-backward schedule)."""
+    """PP degree: the layer stack is cut into PP stages (Megatron's 1F1B schedule)."""
+    virtual_pipeline: int = 1
+    """Virtual stages per pipeline rank (Megatron's interleaved 1F1B schedule, a smaller
+    bubble): each rank holds this many chunks of depth / (PP x VPP) layers. Needs PP > 1."""
     transformer_impl: Literal["local", "transformer_engine"] = "local"
     """Layer spec backend: Megatron local layers (CPU and GPU) or Transformer Engine (GPU)."""
     recompute: Literal["none", "selective", "full"] = "none"
@@ -42,11 +45,21 @@ class ParallelConfig:
     """FP8 GEMMs through Transformer Engine (GPU, transformer_engine only)."""
 
     def __post_init__(self) -> None:
-        for name in ("tensor_parallel", "context_parallel", "pipeline_parallel"):
+        for name in (
+            "tensor_parallel",
+            "context_parallel",
+            "pipeline_parallel",
+            "virtual_pipeline",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"ParallelConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.fp8 and self.transformer_impl != "transformer_engine":
             raise ValueError("fp8 needs transformer_impl='transformer_engine'")
+        if self.virtual_pipeline > 1 and self.pipeline_parallel == 1:
+            raise ValueError(
+                f"virtual_pipeline={self.virtual_pipeline} needs pipeline_parallel > 1; "
+                "set parallel.pipeline_parallel or virtual_pipeline=1"
+            )
 
     @property
     def model_parallel(self) -> int:
@@ -226,9 +239,11 @@ class TrainConfig:
                 f"{self.model.num_heads} heads cannot be split over tensor_parallel="
                 f"{self.parallel.tensor_parallel}; pick a TP degree dividing the head count"
             )
-        if self.model.depth % self.parallel.pipeline_parallel:
+        stages = self.parallel.pipeline_parallel * self.parallel.virtual_pipeline
+        if self.model.depth % stages:
             raise ValueError(
-                f"depth {self.model.depth} is not divisible by pipeline_parallel={self.parallel.pipeline_parallel}"
+                f"depth {self.model.depth} is not divisible by pipeline_parallel x "
+                f"virtual_pipeline = {stages}; pick degrees whose product divides the depth"
             )
 
     # -- (de)serialisation ---------------------------------------------------------------------

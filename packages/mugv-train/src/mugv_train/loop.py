@@ -22,11 +22,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from mugv_train._optim import build_optimizer
+from mugv_train._engine import build_engine, forward_only
 from mugv_train.checkpointing import (
+    CheckpointError,
+    CheckpointMismatchError,
     latest_checkpoint,
     load_checkpoint,
-    load_model_state,
     load_torch_dist,
     save_checkpoint,
     save_torch_dist,
@@ -48,15 +49,14 @@ from mugv_train.objectives import (
 )
 from mugv_train.parallel import (
     MegatronMUGDiT,
-    broadcast_from_last_stage,
     dit_to_megatron,
     full_state_dict,
     init_distributed,
     load_full_state_dict,
     megatron_to_dit,
-    run_pipeline,
     seed_everything,
 )
+from mugv_train.parallel._model import load_stage_state_dict, stage_state_dict
 from mugv_train.parallel._state import (
     cp_rank_and_size,
     data_parallel_group,
@@ -204,7 +204,10 @@ def _prepare(
 
 
 def _autocast(config: TrainConfig, device: torch.device):
-    if config.parallel.precision == "bf16":
+    """bf16 autocast for the one-process CPU step (Megatron's engine uses Float16Module)."""
+    from mugv_train._engine import cuda_calls_work
+
+    if config.parallel.precision == "bf16" and not cuda_calls_work():
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -252,14 +255,29 @@ def _check_batch(batch: Batch, config: TrainConfig) -> None:
         raise ValueError("KTO needs a boolean 'label' column in the shards (True = desirable)")
 
 
+def _from_last_stage(tensor: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """``tensor`` of the last pipeline stage on every stage (for logging and the NaN check)."""
+    from megatron.core import parallel_state as ps
+
+    if ps.get_pipeline_model_parallel_world_size() == 1:
+        return tensor
+    buf = tensor.contiguous() if ps.is_pipeline_last_stage() else torch.empty_like(like)
+    dist.broadcast(
+        buf,
+        src=ps.get_pipeline_model_parallel_last_rank(),
+        group=ps.get_pipeline_model_parallel_group(),
+    )
+    return buf
+
+
 def _forward_backward(
-    model, ref_model, batches: list[Batch], preps: list[dict], config: TrainConfig, device
+    engine, ref_chunks, batches: list[Batch], preps: list[dict], config: TrainConfig, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward of a step's micro-batches through the pipeline stages.
+    """Forward and backward of a step's micro-batches through Megatron's schedule.
 
     Returns the mean loss over the micro-batches and the per-sample flow losses (all
-    micro-batches concatenated) on every rank (broadcast from the last pipeline stage);
-    ``.grad`` holds this rank's (not yet reduced) gradient of the mean loss.
+    micro-batches concatenated) on every rank (sent from the last pipeline stage); the
+    gradients are reduced (``finalize_model_grads``) and ready for the optimizer.
     """
     for batch in batches:
         _check_batch(batch, config)
@@ -276,25 +294,27 @@ def _forward_backward(
     ]
     autocast = _autocast(config, device)
     ref_err: list[torch.Tensor | None] = [None] * len(batches)
-    if ref_model is not None:
+    if ref_chunks is not None:
 
         def ref_loss(out, i):
             x0, noise, mask = (preps[i][k].to(device) for k in ("x0", "noise", "x_mask"))
-            return per_sample_flow_loss(out, x0, noise, mask), None
+            return per_sample_flow_loss(out.float(), x0, noise, mask), None
 
-        res = run_pipeline(ref_model, inputs, ref_loss, forward_only=True, autocast=autocast)
+        with autocast():
+            res = forward_only(ref_chunks, inputs, ref_loss)
         ref_err = [r[0] for r in res] or ref_err
-    res = run_pipeline(
-        model,
-        inputs,
-        lambda out, i: _objective(out, ref_err[i], batches[i], preps[i], config, device),
-        autocast=autocast,
-    )
+    with autocast():
+        res = engine.forward_backward(
+            inputs,
+            lambda out, i: _objective(
+                out.float(), ref_err[i], batches[i], preps[i], config, device
+            ),
+        )
     total = sum(batch.latent.shape[0] for batch in batches)
     loss = torch.stack([r[0] for r in res]).mean() if res else None
     per_sample = torch.cat([r[1] for r in res]) if res else None
-    loss = broadcast_from_last_stage(loss, torch.zeros((), device=device))
-    per_sample = broadcast_from_last_stage(per_sample, torch.zeros(total, device=device))
+    loss = _from_last_stage(loss, torch.zeros((), device=device))
+    per_sample = _from_last_stage(per_sample, torch.zeros(total, device=device))
     return loss, per_sample
 
 
@@ -343,6 +363,14 @@ def export_mugv_dit(
     return path
 
 
+def _build_chunks(config: TrainConfig, device: torch.device) -> list[MegatronMUGDiT]:
+    """This rank's model chunks (one per virtual pipeline stage)."""
+    return [
+        MegatronMUGDiT(config.model, config.parallel, vp_stage=v).to(device)
+        for v in range(config.parallel.virtual_pipeline)
+    ]
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Run (or resume) the training described by ``config``. Call it from torchrun or plain Python."""
     out = Path(config.output_dir)
@@ -357,33 +385,50 @@ def train(config: TrainConfig) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         config.to_json(out / "config.json")
 
-    # model (every rank builds its TP shard from the same full mugv-dit weights)
-    model = MegatronMUGDiT(config.model, config.parallel).to(device)
+    # model (every rank builds its TP shard of its stages from the same full weights)
+    chunks = _build_chunks(config, device)
     initial = dit_to_megatron(_initial_dit_state(config), config.model.num_heads)
-    load_full_state_dict(model, initial)
-    ref_model = None
+    load_full_state_dict(chunks, initial)
+    ref_chunks = None
     if config.objective.kind != "flow":
-        ref_model = MegatronMUGDiT(config.model, config.parallel).to(device).eval()
+        ref_chunks = _build_chunks(config, device)
         ref_state = initial
         if config.reference_from:
             ref_state = dit_to_megatron(
                 _initial_dit_state(dataclasses.replace(config, init_from=config.reference_from)),
                 config.model.num_heads,
             )
-        load_full_state_dict(ref_model, ref_state)
-        ref_model.requires_grad_(False)
+        load_full_state_dict(ref_chunks, ref_state)
+        for chunk in ref_chunks:
+            chunk.requires_grad_(False).eval()
     if config.lora is not None:
         from mugv_train.lora import add_lora
 
-        add_lora(model, config.lora)
-    opt = build_optimizer(model, config)
+        for chunk in chunks:
+            add_lora(chunk, config.lora)
+    engine = build_engine(chunks, config)
+    if ref_chunks is not None and config.parallel.precision == "bf16":
+        from mugv_train._engine import MegatronEngine
+
+        if isinstance(engine, MegatronEngine):
+            from megatron.core.transformer.module import Float16Module
+
+            ref_chunks = [Float16Module(c.config, c) for c in ref_chunks]
+    stage = torch.nn.ModuleList(chunks)  # this rank's parameters (EMA, checkpoints)
     fmt = config.checkpoint.format
     if fmt == "auto":
         fmt = "torch_dist" if device.type == "cuda" and config.lora is None else "cpu"
+        if config.parallel.virtual_pipeline > 1:
+            fmt = "cpu"
     if fmt == "torch_dist" and config.lora is not None and config.parallel.tensor_parallel > 1:
         raise ValueError(
             "LoRA adapters are not described for torch_dist resharding; use "
             "checkpoint.format=cpu with LoRA and tensor_parallel > 1"
+        )
+    if fmt == "torch_dist" and config.parallel.virtual_pipeline > 1:
+        raise ValueError(
+            "checkpoint.format=torch_dist is not wired for virtual pipeline stages; use "
+            "checkpoint.format=cpu with parallel.virtual_pipeline > 1"
         )
     async_queue = None
     if fmt == "torch_dist" and config.checkpoint.async_save:
@@ -396,10 +441,10 @@ def train(config: TrainConfig) -> TrainResult:
         async_queue = AsyncCallsQueue()
 
     def sharded_state(is_loading: bool = False) -> dict[str, Any]:
-        model_sd = model.sharded_state_dict()
-        return {"model": model_sd, "optimizer": opt.sharded_state_dict(model_sd, is_loading)}
+        model_sd = chunks[0].sharded_state_dict()
+        return {"model": model_sd, "optimizer": engine.sharded_state_dict(model_sd, is_loading)}
 
-    ema = OnlineEMA(model, config.ema.decay, config.ema.interval) if config.ema else None
+    ema = OnlineEMA(stage, config.ema.decay, config.ema.interval) if config.ema else None
 
     stream = ShardStream(
         open_shard_roots(config.data.shards), config.data, dp_rank=dp_rank, dp_size=dp_size,
@@ -415,27 +460,38 @@ def train(config: TrainConfig) -> TrainResult:
         "model": config.model.to_dict(),
         "tensor_parallel": config.parallel.tensor_parallel,
         "pipeline_parallel": config.parallel.pipeline_parallel,
+        "virtual_pipeline": config.parallel.virtual_pipeline,
         "context_parallel": config.parallel.context_parallel,
         "data_parallel": dp_size,
+        "distributed_optimizer": type(engine).__name__ == "MegatronEngine"
+        and config.parallel.distributed_optimizer,
         "lora": dataclasses.asdict(config.lora) if config.lora else None,
     }
     latest = latest_checkpoint(ckpt_root) if config.checkpoint.resume else None
     if latest is not None:
-        ck = load_checkpoint(latest, tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, expect=meta)
+        ck = load_checkpoint(
+            latest, tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, cp_rank=cp_rank,
+            expect=meta, ema=ema is not None,
+        )  # fmt: skip
         if ck["meta"].get("format") == "torch_dist":
             loaded = load_torch_dist(latest, sharded_state(is_loading=True))
-            model.load_state_dict(loaded["model"], strict=False)
-            opt.load_sharded_state_dict(loaded["optimizer"])
+            chunks[0].load_state_dict(loaded["model"], strict=False)
+            engine.load_sharded_state_dict(loaded["optimizer"])
         else:
-            load_model_state(model, ck["model"], f"{latest} (model of TP {tp_rank} PP {pp_rank})")
-            opt.load_state_dict(ck["optim"])
+            what = f"{latest} (model of TP {tp_rank} PP {pp_rank})"
+            if not isinstance(ck["model"], dict):
+                raise CheckpointError(f"{what} is not a state dict")
+            missing, unexpected = load_stage_state_dict(chunks, ck["model"])
+            if missing or unexpected:
+                raise CheckpointMismatchError(what, missing, unexpected)
+            engine.load_state_dict(ck["optim"])
         tr = ck["trainer"]
         start, history = tr["step"], tr["history"]
         skipped_nonfinite, skipped_corrupt = tr["skipped_nonfinite"], tr["skipped_corrupt"]
         stream.load_state_dict(tr["data"])
         torch.set_rng_state(tr["rng_cpu"])
-        if ema is not None and tr.get("ema") is not None:
-            ema.load_state_dict(tr["ema"])
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
 
     batches = Prefetcher(iter(stream), config.data.prefetch)
     log = _Logger(config, rank)
@@ -445,44 +501,43 @@ def train(config: TrainConfig) -> TrainResult:
     t_last, samples_acc, tokens_acc, flops_acc = time.perf_counter(), 0, 0, 0.0
 
     def checkpoint(step: int) -> None:
+        engine.sync_params()  # the distributed optimizer's overlapped gather, finished now
         trainer_state = {
             "step": step, "history": history, "data": data_state,
             "skipped_nonfinite": skipped_nonfinite, "skipped_corrupt": skipped_corrupt,
-            "rng_cpu": torch.get_rng_state(), "ema": ema.state_dict() if ema else None,
+            "rng_cpu": torch.get_rng_state(),
         }  # fmt: skip
+        ema_state = ema.state_dict() if ema else None
         if fmt == "torch_dist":
             save_torch_dist(
                 ckpt_root, step, sharded_state=sharded_state(), trainer_state=trainer_state,
                 meta={**meta, "name": config.name}, tp_rank=tp_rank, pp_rank=pp_rank,
                 cp_rank=cp_rank, dp_rank=dp_rank, keep_last=config.checkpoint.keep_last,
-                async_queue=async_queue,
+                async_queue=async_queue, ema_state=ema_state,
             )  # fmt: skip
             return
         save_checkpoint(
             ckpt_root, step,
-            model_state={k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")},
-            optim_state=opt.state_dict(),
-            trainer_state=trainer_state,
+            model_state=stage_state_dict(chunks),
+            optim_state=engine.state_dict(),
+            trainer_state=trainer_state, ema_state=ema_state,
             meta={**meta, "name": config.name}, tp_rank=tp_rank, pp_rank=pp_rank,
             cp_rank=cp_rank, dp_rank=dp_rank,
             keep_last=config.checkpoint.keep_last,
         )  # fmt: skip
 
     data_state = stream.state_dict()
-    model.train()
     try:
         for step in range(start, config.train_steps):
             if async_queue is not None:  # commit background saves that have finished
                 async_queue.maybe_finalize_async_calls(blocking=False)
-            micro = [next(batches) for _ in range(config.data.microbatches)]
+            micro = [next(batches) for _ in range(engine.microbatches)]
             data_state = micro[-1].state
             skipped_corrupt += sum(b.skipped for b in micro)
             preps = [_prepare(b, config, step, dp_rank, null_text, i) for i, b in enumerate(micro)]
             lr = lr_at(step, config.train_steps, config.optim)
-            opt.zero_grad()
-            loss, per_sample = _forward_backward(
-                opt.module, ref_model, micro, preps, config, device
-            )
+            engine.zero_grad()
+            loss, per_sample = _forward_backward(engine, ref_chunks, micro, preps, config, device)
             finite = torch.tensor([1.0 if torch.isfinite(loss).item() else 0.0], device=device)
             if dist.get_world_size() > 1:
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -494,12 +549,13 @@ def train(config: TrainConfig) -> TrainResult:
                         f"{nonfinite_in_row} consecutive steps had a NaN/inf loss (last at step {step}); "
                         "lower optim.lr, check the data, or resume from an earlier checkpoint"
                     )
-                opt.zero_grad()
+                engine.zero_grad()
                 continue
             nonfinite_in_row = 0
-            grad_norm = opt.step(lr)
+            grad_norm = engine.step(lr)
             if ema is not None:
-                ema.update(model, step)
+                engine.sync_params()
+                ema.update(stage, step)
 
             # metrics: mean loss over DP ranks, per task
             stats = torch.tensor([loss.item(), 1.0], device=device)
@@ -550,33 +606,32 @@ def train(config: TrainConfig) -> TrainResult:
         log.close()
 
     # export in the mugv-dit layout (merging LoRA adapters first)
+    engine.sync_params()
     if config.lora is not None:
         from mugv_train.lora import merged_state_dict
 
-        full = merged_state_dict(model)
+        full = merged_state_dict(chunks)
     else:
-        full = full_state_dict(model)
+        full = full_state_dict(chunks)
     exported_null = null_text if config.objective.caption_dropout > 0 else None
     result = TrainResult(
         out, history, skipped_nonfinite=skipped_nonfinite, skipped_corrupt=skipped_corrupt
     )
     if rank == 0:
-        result.export_dir = export_mugv_dit(model, out / "export", full, exported_null)
+        result.export_dir = export_mugv_dit(chunks[0], out / "export", full, exported_null)
         (out / "history.json").write_text(json.dumps(history))
     if ema is not None:
-        ema_full = {**full}
-        local = {k: v for k, v in ema.state_dict().items()}
-        model_sd = model.state_dict()
+        stage_sd = stage.state_dict()
         with torch.no_grad():
-            backup = {k: model_sd[k].clone() for k in local}
-            for k, v in local.items():
-                model_sd[k].copy_(v.to(model_sd[k].dtype))
-            ema_full = full_state_dict(model)
+            backup = {k: stage_sd[k].clone() for k in ema.shadow}
+            for k, v in ema.shadow.items():
+                stage_sd[k].copy_(v.to(stage_sd[k].dtype))
+            ema_full = full_state_dict(chunks)
             for k, v in backup.items():
-                model_sd[k].copy_(v)
+                stage_sd[k].copy_(v)
         if rank == 0:
             result.ema_export_dir = export_mugv_dit(
-                model, out / "export_ema", ema_full, exported_null
+                chunks[0], out / "export_ema", ema_full, exported_null
             )
     return result
 

@@ -1,7 +1,7 @@
-"""MUG-DiT on Megatron-Core: layer specs, the model, process groups, the pipeline schedule,
-gradient reduction over TP/SP/CP/PP/DP, and the weight converter."""
+"""MUG-DiT on Megatron-Core: layer specs, the model (one chunk per virtual pipeline stage),
+process groups, and the weight converter. The step itself (schedules, DDP, gradient
+finalisation, optimizer) is Megatron-Core's, wired in ``mugv_train._engine``."""
 
-from mugv_train.parallel._comm import copy_reduce_grad, gather_seq, split_seq
 from mugv_train.parallel._convert import (
     dit_to_megatron,
     megatron_to_dit,
@@ -10,15 +10,14 @@ from mugv_train.parallel._convert import (
     stack_layers,
     unstack_layers,
 )
-from mugv_train.parallel._grads import clip_grad_norm, finalize_grads
 from mugv_train.parallel._layers import MUGDiTLayer, MUGDiTLayerSubmodules
 from mugv_train.parallel._model import (
     MegatronMUGDiT,
     full_state_dict,
     load_full_state_dict,
     megatron_transformer_config,
+    stage_layers,
 )
-from mugv_train.parallel._pipeline import broadcast_from_last_stage, run_pipeline
 from mugv_train.parallel._spec import mugdit_layer_spec
 from mugv_train.parallel._state import init_distributed, seed_everything
 
@@ -26,23 +25,17 @@ __all__ = [
     "MUGDiTLayer",
     "MUGDiTLayerSubmodules",
     "MegatronMUGDiT",
-    "broadcast_from_last_stage",
-    "clip_grad_norm",
-    "copy_reduce_grad",
     "dit_to_megatron",
-    "finalize_grads",
     "full_state_dict",
-    "gather_seq",
     "init_distributed",
     "load_full_state_dict",
     "megatron_to_dit",
     "megatron_transformer_config",
     "merge_tensor_parallel",
     "mugdit_layer_spec",
-    "run_pipeline",
     "seed_everything",
     "shard_for_tensor_parallel",
-    "split_seq",
     "stack_layers",
+    "stage_layers",
     "unstack_layers",
 ]

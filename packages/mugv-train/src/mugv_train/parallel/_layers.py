@@ -23,13 +23,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mugv_train.parallel._comm import gather_seq, split_seq
+
+def _mark_sequence_parallel(module: nn.Module, config: TransformerConfig) -> None:
+    """Flag replicated parameters that see only this rank's tokens under sequence parallel:
+    Megatron's ``finalize_model_grads`` sums their gradients over the TP group."""
+    for p in module.parameters(recurse=False):
+        p.sequence_parallel = config.sequence_parallel
 
 
 # -- norms -----------------------------------------------------------------------------------
@@ -54,6 +60,7 @@ class AffineLayerNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
         self.bias = nn.Parameter(torch.zeros(hidden_size, dtype=config.params_dtype))
+        _mark_sequence_parallel(self, config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.layer_norm(x.float(), x.shape[-1:], self.weight.float(), self.bias.float(), self.eps)
@@ -152,13 +159,6 @@ def _tp_group() -> torch.distributed.ProcessGroup:
     return parallel_state.get_tensor_model_parallel_group()
 
 
-def _sp_group(config: TransformerConfig) -> torch.distributed.ProcessGroup | None:
-    """The TP group when the layer runs sequence parallel (activations [L / TP, B, D])."""
-    if getattr(config, "mugv_sequence_parallel", False) and _tp_size(config) > 1:
-        return _tp_group()
-    return None
-
-
 def _cp_group() -> torch.distributed.ProcessGroup | None:
     from megatron.core import parallel_state
 
@@ -234,10 +234,14 @@ class MUGSelfAttention(MegatronModule):
         cos, sin = rope
         q = apply_rope_interleaved(self.q_layernorm(q), cos, sin).to(v.dtype)
         k = apply_rope_interleaved(self.k_layernorm(k), cos, sin).to(v.dtype)
-        # context parallel: this rank's queries attend to the keys of every chunk; K/V grads
-        # from all chunks' queries are summed back onto the chunk that produced them
+        # context parallel (reference path of the local spec; the TE spec's attention does
+        # its own ring exchange): this rank's queries attend to the keys of every chunk.
+        # Megatron's all-gather, whose backward reduce-scatters the K/V gradients of all
+        # chunks' queries back onto the chunk that produced them.
         cp = _cp_group()
-        k, v = gather_seq(k, cp, grad="sum"), gather_seq(v, cp, grad="sum")
+        if cp is not None:
+            k = gather_from_sequence_parallel_region(k, True, group=cp)
+            v = gather_from_sequence_parallel_region(v, True, group=cp)
         if self.config.recompute_granularity == "selective" and torch.is_grad_enabled():
             # selective recompute: keep q, k, v; recompute the attention in the backward
             out = checkpoint(self.core_attention, q, k, v, key_mask, use_reentrant=False)
@@ -335,12 +339,12 @@ class MUGDiTLayerSubmodules:
 class MUGDiTLayer(MegatronModule):
     """One MUG-DiT block (reference §A.5) built from a :class:`MUGDiTLayerSubmodules` spec.
 
-    Under sequence parallel ``x`` and ``mod`` hold this TP rank's sub-chunk of the tokens:
-    the norms, modulation and residuals run on it, and each of self-attention, cross-
-    attention and MLP gathers the chunk over TP before its column-parallel linears and
-    keeps its own rows of the (all-reduced) row-parallel output. This is Megatron's SP
-    data flow built from collectives that also run on gloo; on NCCL the gather is the
-    fused all-gather kernel.
+    Under sequence parallel (``TransformerConfig.sequence_parallel``) ``x`` and ``mod``
+    hold this TP rank's sub-chunk of the tokens: the norms, modulation and residuals run on
+    it; Megatron's column-parallel linears all-gather it and its row-parallel linears
+    reduce-scatter their output back (Megatron's SP data flow, done by Megatron's layers).
+    The replicated parameters carry ``sequence_parallel`` so that ``finalize_model_grads``
+    sums their per-token-chunk gradients over TP.
     """
 
     def __init__(
@@ -351,6 +355,7 @@ class MUGDiTLayer(MegatronModule):
         d, eps = config.hidden_size, config.layernorm_epsilon
         # Built first so parameter order follows use order (§G.2).
         self.scale_shift_table = ScaleShiftTable(6, d, config.params_dtype)
+        _mark_sequence_parallel(self.scale_shift_table, config)
         self.input_layernorm = build_module(
             submodules.input_layernorm, config=config, hidden_size=d, eps=eps
         )
@@ -386,19 +391,18 @@ class MUGDiTLayer(MegatronModule):
             mod
         ).unbind(-2)
         p, training = self.config.hidden_dropout, self.training
-        sp = _sp_group(self.config)
         # 1. modulated self-attention with a gated residual
-        h = gather_seq(self.input_layernorm(x, shift_msa, scale_msa), sp)
+        h = self.input_layernorm(x, shift_msa, scale_msa)
         out, bias = self.self_attention(h, rope, key_mask)
-        x = self.self_attn_bda(split_seq(out, sp), bias, x, gate_msa, p, training)
+        x = self.self_attn_bda(out, bias, x, gate_msa, p, training)
         # 2. text cross-attention: affine LN, no modulation, ungated residual (§A.5 step 3)
-        h = gather_seq(self.pre_cross_attn_layernorm(x), sp)
+        h = self.pre_cross_attn_layernorm(x)
         out, bias = self.cross_attention(h, context, context_mask)
-        x = self.cross_attn_bda(split_seq(out, sp), bias, x, p, training)
+        x = self.cross_attn_bda(out, bias, x, p, training)
         # 3. modulated MLP with a gated residual
-        h = gather_seq(self.pre_mlp_layernorm(x, shift_mlp, scale_mlp), sp)
+        h = self.pre_mlp_layernorm(x, shift_mlp, scale_mlp)
         out, bias = self.mlp(h)
-        return self.mlp_bda(split_seq(out, sp), bias, x, gate_mlp, p, training)
+        return self.mlp_bda(out, bias, x, gate_mlp, p, training)
 
 
 class MUGDiTBlockStack(MegatronModule):

@@ -25,7 +25,6 @@ from torch import nn
 
 from mugv_dit import DiTConfig, Mlp, PatchEmbed3D, TimestepEmbedder
 from mugv_train.config import ParallelConfig
-from mugv_train.parallel._comm import copy_reduce_grad, gather_seq, split_seq
 from mugv_train.parallel._layers import MUGDiTBlockStack, ScaleShiftTable
 from mugv_train.parallel._spec import mugdit_layer_spec
 
@@ -59,8 +58,17 @@ def megatron_transformer_config(
         persist_layer_norm=False,
         use_cpu_initialization=not cuda,
         tensor_model_parallel_size=parallel.tensor_parallel,
+        sequence_parallel=parallel.sequence_parallel and parallel.tensor_parallel > 1,
+        context_parallel_size=parallel.context_parallel,
         pipeline_model_parallel_size=parallel.pipeline_parallel,
-        pipeline_dtype=torch.float32,  # hidden states travel between stages in float32
+        virtual_pipeline_model_parallel_size=(
+            parallel.virtual_pipeline if parallel.virtual_pipeline > 1 else None
+        ),
+        # hidden states travel between stages in the compute dtype; their [L, B, D] shape
+        # changes with the bucket, so the schedule exchanges shapes first
+        pipeline_dtype=torch.bfloat16 if parallel.precision == "bf16" else torch.float32,
+        variable_seq_lengths=True,
+        moe_token_dispatcher_type="alltoall",  # no MoE; the default refuses variable lengths
         init_method=partial(torch.nn.init.normal_, mean=0.0, std=std),
         output_layer_init_method=partial(
             torch.nn.init.normal_, mean=0.0, std=std / math.sqrt(2 * model.depth)
@@ -71,9 +79,10 @@ def megatron_transformer_config(
         fp8="hybrid" if parallel.fp8 else None,
         bf16=parallel.precision == "bf16",
     )
-    # our own SP data flow (see _layers.MUGDiTLayer); Megatron's flag stays off so that its
-    # linears do not also scatter/gather (their fused SP collectives need NCCL)
-    config.mugv_sequence_parallel = parallel.sequence_parallel
+    # the conditioning embedders live on every pipeline stage and virtual stage (as in
+    # NeMo's DiT): finalize_model_grads sums the gradients of parameters marked
+    # `pipeline_parallel` over the stages when the config has a conditional embedder
+    config.has_cond_embedder = True
     return config
 
 
@@ -149,24 +158,26 @@ def rope_angles(
     return ang.cos()[:, :, None, :], ang.sin()[:, :, None, :]
 
 
-def _groups(parallel: ParallelConfig):
-    """(TP group if sequence parallel else None, CP group or None) of this rank."""
+def _groups():
+    """The context-parallel group of this rank, or None without CP."""
     from megatron.core import parallel_state as ps
 
-    sp = None
-    if parallel.sequence_parallel and ps.get_tensor_model_parallel_world_size() > 1:
-        sp = ps.get_tensor_model_parallel_group()
     cp = ps.get_context_parallel_group() if ps.get_context_parallel_world_size() > 1 else None
-    return sp, cp
+    return cp
 
 
-def _chunk(x: torch.Tensor, group) -> torch.Tensor:
-    """This rank's chunk along dim 0 (no autograd: for tensors without gradients)."""
-    import torch.distributed as dist
+def _local(x: torch.Tensor, shards: int, index: int) -> torch.Tensor:
+    """Chunk ``index`` of ``shards`` along dim 0 (a slice: its gradient is this chunk's)."""
+    n = x.shape[0] // shards
+    return x[index * n : (index + 1) * n]
 
-    if group is None:
-        return x
-    return x.chunk(dist.get_world_size(group), dim=0)[dist.get_rank(group)]
+
+def stage_layers(depth: int, pp_rank: int, pp_size: int, vp_stage: int, vp_size: int):
+    """(first global layer, number of layers) of pipeline rank ``pp_rank``'s virtual stage
+    ``vp_stage``: Megatron's interleaved assignment (chunk v of rank p holds the layers of
+    model chunk v * PP + p, each of depth / (PP x VPP) layers)."""
+    per_chunk = depth // (pp_size * vp_size)
+    return (vp_stage * pp_size + pp_rank) * per_chunk, per_chunk
 
 
 class MegatronMUGDiT(MegatronModule):
@@ -177,38 +188,58 @@ class MegatronMUGDiT(MegatronModule):
     x [B, C, T, H, W], timestep [B] on 0-1000, text [B, S, E], text_mask [B, S], fps [B],
     x_mask [B, T] bool (True = generate), frame_indices [B, T + 2] -> float32 [B, 2C, T, H, W].
 
-    Pipeline parallel (reference §G.2): stage p holds layers [p D/PP, (p+1) D/PP); the
-    conditioning embedders (timestep, fps, timestep_block, caption) are on every stage,
-    ``x_embedder`` and the start/end tokens on the first, ``final_layer`` on the last. A
-    stage that is not the first reads its hidden state from :meth:`set_input_tensor`; one
-    that is not the last returns its hidden state [L_local, B, D] instead of the velocity.
+    Pipeline parallel (reference §G.2): this module is one model chunk, ``vp_stage`` of
+    this pipeline rank (Megatron's interleaved layout, :func:`stage_layers`). The
+    conditioning embedders (timestep, fps, timestep_block, caption) are on every chunk
+    (marked ``pipeline_parallel``: Megatron's ``finalize_model_grads`` sums them over the
+    stages), ``x_embedder`` and the start/end tokens on the first, ``final_layer`` on the
+    last. A chunk that is not the first reads its hidden state from
+    :meth:`set_input_tensor`; one that is not the last returns its hidden state
+    [L_local, B, D]. Megatron's ``get_forward_backward_func`` schedules the chunks.
 
     Context parallel (CP) and sequence parallel (SP, with TP): the token sequence
     [start, video tokens, end] (L = T h w + 2, zero-padded to a multiple of CP x SP and the
     padding masked out of attention) is cut into CP chunks and each chunk into TP
-    sub-chunks. Self-attention all-gathers K/V over CP with the global 3D-RoPE positions of
-    each chunk; cross-attention and the MLP are token-local; under SP each sub-block
-    gathers its chunk over TP and scatters its output back (see :mod:`._layers`). The start
-    and end tokens are ordinary positions of the global sequence, so they are never
-    duplicated. Gradients of the decoder's parameters are partial per CP rank (and, for
-    the replicated ones, per SP rank): :func:`mugv_train.parallel.finalize_grads` sums them.
+    sub-chunks. Every rank computes its own tokens' embedding, modulation, blocks and final
+    layer, so every parameter's gradient is this rank's part of the whole (summed by
+    Megatron: over CP by DDP, which averages over DP x CP and so needs the loss times CP,
+    as the schedule's loss scaling does; over TP for parameters marked
+    ``sequence_parallel``). Self-attention all-gathers K/V over CP with the global 3D-RoPE
+    positions of each chunk; under SP, Megatron's linears gather and reduce-scatter the
+    tokens and the caption is split over TP like them. The velocity is gathered from all
+    sub-chunks at the end. The start and end tokens are ordinary positions of the global
+    sequence, so they are never duplicated.
     """
 
-    def __init__(self, model: DiTConfig, parallel: ParallelConfig | None = None) -> None:
+    def __init__(
+        self, model: DiTConfig, parallel: ParallelConfig | None = None, vp_stage: int = 0
+    ) -> None:
         from megatron.core import parallel_state as ps
+        from megatron.core.enums import ModelType
 
         parallel = parallel or ParallelConfig()
         config = megatron_transformer_config(model, parallel)
         super().__init__(config=config)
+        self.model_type = ModelType.encoder_or_decoder
+        self.share_embeddings_and_output_weights = False  # no word embedding to tie
         self.dit_config = model
         self.parallel = parallel
         pp_rank = ps.get_pipeline_model_parallel_rank()
         pp_size = ps.get_pipeline_model_parallel_world_size()
-        if model.depth % pp_size:
-            raise ValueError(f"depth {model.depth} is not divisible by pipeline_parallel={pp_size}")
-        self.pre_process, self.post_process = pp_rank == 0, pp_rank == pp_size - 1
-        self.num_local_layers = model.depth // pp_size
-        self.layer_offset = pp_rank * self.num_local_layers
+        vp_size = max(1, parallel.virtual_pipeline)
+        if model.depth % (pp_size * vp_size):
+            raise ValueError(
+                f"depth {model.depth} is not divisible by pipeline_parallel x "
+                f"virtual_pipeline = {pp_size} x {vp_size}"
+            )
+        if not 0 <= vp_stage < vp_size:
+            raise ValueError(f"vp_stage must be in [0, {vp_size}), got {vp_stage}")
+        self.vp_stage = vp_stage
+        self.pre_process = pp_rank == 0 and vp_stage == 0
+        self.post_process = pp_rank == pp_size - 1 and vp_stage == vp_size - 1
+        self.layer_offset, self.num_local_layers = stage_layers(
+            model.depth, pp_rank, pp_size, vp_stage, vp_size
+        )
         self.input_tensor: torch.Tensor | None = None
         d = model.hidden_size
         if self.pre_process:
@@ -228,6 +259,20 @@ class MegatronMUGDiT(MegatronModule):
         )
         if self.post_process:
             self.final_layer = _FinalLayer(d, model.patch_volume * model.out_channels)
+        self._mark_parameters()
+
+    def _mark_parameters(self) -> None:
+        """Gradient bookkeeping attributes read by Megatron's DDP, finalize and clip."""
+        first_chunk = self.pre_process  # pipeline rank 0, virtual stage 0
+        for name, p in self.named_parameters():
+            if name.startswith(_SHARED):
+                p.pipeline_parallel = True  # summed over stages (has_cond_embedder)
+                if not first_chunk:
+                    p.shared = True  # counted once by the gradient norm
+            if not name.startswith(("decoder.", "context_embedder.")):
+                # computed per token chunk under SP: partial over TP (the caption is
+                # split and re-gathered by Megatron's mappings, its gradient is whole)
+                p.sequence_parallel = self.config.sequence_parallel
 
     def sharded_state_dict(
         self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None
@@ -243,17 +288,20 @@ class MegatronMUGDiT(MegatronModule):
 
         sd = super().sharded_state_dict(prefix, sharded_offsets, metadata)
         pp_rank = ps.get_pipeline_model_parallel_rank()
-        if pp_rank:
+        stage = pp_rank * max(1, self.parallel.virtual_pipeline) + self.vp_stage
+        if stage:
             shared = tuple(f"{prefix}{name}" for name in _SHARED)
             for key, value in sd.items():
                 if key.startswith(shared) and hasattr(value, "replica_id"):
                     rid = value.replica_id
                     rid = (rid,) if isinstance(rid, int) else tuple(rid)
-                    value.replica_id = (pp_rank, *rid[1:]) if rid and rid[0] == 0 else rid
+                    value.replica_id = (stage, *rid[1:]) if rid and rid[0] == 0 else rid
         return sd
 
-    def set_input_tensor(self, input_tensor: torch.Tensor | None) -> None:
+    def set_input_tensor(self, input_tensor) -> None:
         """The hidden state received from the previous pipeline stage (not the first)."""
+        if isinstance(input_tensor, list | tuple):
+            input_tensor = input_tensor[0] if input_tensor else None
         self.input_tensor = input_tensor
 
     def _grid(self, x: torch.Tensor) -> tuple[int, int, int]:
@@ -261,21 +309,24 @@ class MegatronMUGDiT(MegatronModule):
         t, h, w = x.shape[2:]
         return -(-t // pt), -(-h // ph), -(-w // pw)
 
-    def _padded_length(self, num_tokens: int) -> tuple[int, int]:
-        """(tokens padded to a multiple of the sequence shards, number of shards)."""
-        import torch.distributed as dist
+    def _shards(self) -> tuple[int, int, int, int]:
+        """(CP size, CP rank, SP size, SP rank): how this rank's tokens are cut."""
+        from megatron.core import parallel_state as ps
 
-        sp, cp = _groups(self.parallel)
-        shards = (1 if sp is None else dist.get_world_size(sp)) * (
-            1 if cp is None else dist.get_world_size(cp)
+        sp = ps.get_tensor_model_parallel_world_size() if self.config.sequence_parallel else 1
+        sp_rank = ps.get_tensor_model_parallel_rank() if sp > 1 else 0
+        return (
+            ps.get_context_parallel_world_size(),
+            ps.get_context_parallel_rank(),
+            sp,
+            sp_rank,
         )
-        return -(-num_tokens // shards) * shards, shards
 
-    def hidden_shape(self, x: torch.Tensor) -> tuple[int, int, int]:
-        """Shape [L_local, B, D] of the hidden state between pipeline stages for input x."""
+    def padded_length(self, x: torch.Tensor) -> int:
+        """Tokens [start, video, end] of input x, padded to a multiple of CP x SP."""
         gt, gh, gw = self._grid(x)
-        lp, shards = self._padded_length(gt * gh * gw + 2)
-        return lp // shards, x.shape[0], self.dit_config.hidden_size
+        cp, _, sp, _ = self._shards()
+        return -(-(gt * gh * gw + 2) // (cp * sp)) * (cp * sp)
 
     def forward(
         self,
@@ -287,6 +338,11 @@ class MegatronMUGDiT(MegatronModule):
         x_mask: torch.Tensor | None = None,
         frame_indices: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        from megatron.core.tensor_parallel import (
+            gather_from_sequence_parallel_region,
+            scatter_to_sequence_parallel_region,
+        )
+
         cfg = self.dit_config
         b, c, t, hgt, wid = x.shape
         if c != cfg.in_channels or text.shape[-1] != cfg.text_dim:
@@ -294,12 +350,12 @@ class MegatronMUGDiT(MegatronModule):
                 f"input has {c} latent channels and text dim {text.shape[-1]}; the model expects "
                 f"{cfg.in_channels} and {cfg.text_dim}"
             )
-        sp_group, cp_group = _groups(self.parallel)
+        cp_group = _groups()
+        cp, cp_rank, sp, sp_rank = self._shards()
         dtype = self.timestep_embedder.mlp[0].weight.dtype
         gt, gh, gw = self._grid(x)
-        n_tok = gt * gh * gw
-        length = n_tok + 2
-        padded, _ = self._padded_length(length)
+        length = gt * gh * gw + 2
+        padded = self.padded_length(x)
         # 1. conditioning: t and t0 embeddings plus fps (§A.3), on every pipeline stage
         fps_t = torch.as_tensor(
             cfg.default_fps if fps is None else fps, device=x.device, dtype=torch.float32
@@ -318,7 +374,12 @@ class MegatronMUGDiT(MegatronModule):
             else text_mask.bool()
         )
         context = self.context_embedder(text.to(dtype)).transpose(0, 1)  # [S, B, D]
-        context = copy_reduce_grad(context, cp_group)  # every CP chunk attends to it
+        if sp > 1:  # split over TP like the tokens; Megatron's kv linear gathers it back
+            s_pad = (-s) % sp
+            if s_pad:
+                context = F.pad(context, (0, 0, 0, 0, 0, s_pad))
+                tmask = F.pad(tmask, (0, s_pad), value=False)
+            context = scatter_to_sequence_parallel_region(context)
         # 3. per-token choice of t / t0 modulation (§A.4) and the 3D RoPE angles
         frame_mask = (
             torch.ones(b, t, dtype=torch.bool, device=x.device) if x_mask is None else x_mask.bool()
@@ -342,16 +403,17 @@ class MegatronMUGDiT(MegatronModule):
             cfg.rope_time_positions,
         )
         pad = padded - length
-        mod = torch.where(tok_mask[..., None], t_mlp[None], t0_mlp[None])  # [L, B, 6D]
         key_mask = None
         if pad:  # zero tokens at the end, masked out as attention keys
-            mod = F.pad(mod, (0, 0, 0, 0, 0, pad))
+            tok_mask = F.pad(tok_mask, (0, 0, 0, pad), value=False)
             cos, sin = (F.pad(a, (0, 0, 0, 0, 0, 0, 0, pad)) for a in (cos, sin))
             key_mask = torch.arange(padded, device=x.device) < length
             key_mask = key_mask.expand(b, -1)
-        # CP chunk then SP sub-chunk: RoPE for the chunk attention sees, mod per local token
-        rope = (_chunk(cos, cp_group), _chunk(sin, cp_group))
-        mod = split_seq(split_seq(mod, cp_group), sp_group)
+        # this rank's tokens: CP chunk, then its SP sub-chunk. RoPE covers the CP chunk
+        # (attention runs on it after the linears' SP gather), the modulation the sub-chunk.
+        rope = (_local(cos, cp, cp_rank), _local(sin, cp, cp_rank))
+        own = _local(_local(tok_mask, cp, cp_rank), sp, sp_rank)  # [L_local, B]
+        mod = torch.where(own[..., None], t_mlp[None], t0_mlp[None])  # [L_local, B, 6D]
         # 4. hidden state: [start, tokens, end] on the first stage, else from the previous one
         if self.pre_process:
             tokens = self.x_embedder(x.to(self.x_embedder.proj.weight.dtype))
@@ -361,26 +423,31 @@ class MegatronMUGDiT(MegatronModule):
                 dim=1,
             ).transpose(0, 1)  # [L, B, D]
             seq = F.pad(seq, (0, 0, 0, 0, 0, pad)) if pad else seq
-            seq = split_seq(split_seq(seq, cp_group), sp_group)
+            seq = _local(_local(seq, cp, cp_rank), sp, sp_rank)
         else:
             if self.input_tensor is None:
                 raise RuntimeError(
                     "a pipeline stage other than the first needs set_input_tensor() before "
-                    "forward (run it through mugv_train.parallel.run_pipeline)"
+                    "forward (Megatron's pipeline schedule sets it)"
                 )
             seq = self.input_tensor
         # 5. blocks
         seq = self.decoder(seq, mod, context, tmask, rope, key_mask)
         if not self.post_process:
-            return seq
-        seq = gather_seq(gather_seq(seq, sp_group), cp_group)[:length]
-        # 6. final layer on the video tokens, t / t0 chosen per token
-        vec = torch.where(tok_mask[1:-1, :, None], t_vec[None], t0_vec[None]).transpose(0, 1)
-        out = self.final_layer(seq[1:-1].transpose(0, 1), vec).float()  # [B, N, p * 2C]
+            return seq.contiguous()  # sent to the next stage as is
+        # 6. final layer on this rank's tokens, t / t0 chosen per token, then all tokens'
+        # velocities gathered (backward: each rank keeps its own tokens' gradient)
+        vec = torch.where(own[..., None], t_vec[None], t0_vec[None]).transpose(0, 1)
+        out = self.final_layer(seq.transpose(0, 1), vec).float().transpose(0, 1)
+        if sp > 1:
+            out = gather_from_sequence_parallel_region(out, tensor_parallel_output_grad=False)
+        if cp > 1:
+            out = gather_from_sequence_parallel_region(out, False, group=cp_group)
+        out = out[1 : length - 1].transpose(0, 1)  # [B, N, p * 2C]: the video tokens
         # 7. unpatchify: per token (pt, ph, pw, C_out) with C_out fastest (§A.9), then crop
         pt, ph, pw = cfg.patch_size
         co = cfg.out_channels
-        out = out.view(b, gt, gh, gw, pt, ph, pw, co).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        out = out.reshape(b, gt, gh, gw, pt, ph, pw, co).permute(0, 7, 1, 4, 2, 5, 3, 6)
         out = out.reshape(b, co, gt * pt, gh * ph, gw * pw)
         return out[:, :, :t, :hgt, :wid]
 
@@ -403,46 +470,92 @@ def _to_global(key: str, offset: int) -> str:
     return key if not m else f"decoder.layers.{int(m.group(1)) + offset}.{m.group(2)}"
 
 
-def load_full_state_dict(
-    model: MegatronMUGDiT, state: dict[str, torch.Tensor], strict: bool = True
-) -> None:
+def _chunks(model) -> list[MegatronMUGDiT]:
+    """The model chunks of this rank (one, or one per virtual pipeline stage), unwrapped."""
+    chunks = list(model) if isinstance(model, list | tuple) else [model]
+    out = []
+    for chunk in chunks:
+        while not isinstance(chunk, MegatronMUGDiT) and isinstance(
+            getattr(chunk, "module", None), nn.Module
+        ):
+            chunk = chunk.module
+        out.append(chunk)
+    return out
+
+
+def load_full_state_dict(model, state: dict[str, torch.Tensor], strict: bool = True) -> None:
     """Load a full (TP 1, all layers) Megatron state dict into this rank's part of ``model``
-    (its tensor-parallel shard of its pipeline stage's layers)."""
+    (a chunk or the list of this rank's virtual-stage chunks: their tensor-parallel shard of
+    their layers). Strict: missing or unexpected tensors raise ``ValueError`` naming them."""
     from megatron.core import parallel_state
 
     from mugv_train.parallel._convert import shard_for_tensor_parallel
 
     rank = parallel_state.get_tensor_model_parallel_rank()
     size = parallel_state.get_tensor_model_parallel_world_size()
-    own = model.state_dict()
-    staged = {}
-    for key, value in state.items():
-        if key.endswith("_extra_state"):
-            continue
-        local = _to_stage(key, model.layer_offset, model.num_local_layers)
-        if local is None or (local not in own and key.startswith(_STAGE_KEYS)):
-            continue  # held by another pipeline stage
-        staged[local] = value
-    shard = shard_for_tensor_parallel(staged, rank, size)
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in shard.items()
-        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
-    ]
-    if mismatched:
-        raise ValueError(
-            "checkpoint does not fit this model (different DiTConfig?): "
-            + "; ".join(mismatched[:5])
-        )
-    missing, unexpected = model.load_state_dict(shard, strict=False)
-    missing = [k for k in missing if not k.endswith("_extra_state")]
-    if strict and (missing or unexpected):
-        raise ValueError(
-            f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    for chunk in _chunks(model):
+        own = chunk.state_dict()
+        staged = {}
+        for key, value in state.items():
+            if key.endswith("_extra_state"):
+                continue
+            local = _to_stage(key, chunk.layer_offset, chunk.num_local_layers)
+            if local is None or (local not in own and key.startswith(_STAGE_KEYS)):
+                continue  # held by another pipeline stage
+            staged[local] = value
+        shard = shard_for_tensor_parallel(staged, rank, size)
+        mismatched = [
+            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in shard.items()
+            if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
+        ]
+        if mismatched:
+            raise ValueError(
+                "checkpoint does not fit this model (different DiTConfig?): "
+                + "; ".join(mismatched[:5])
+            )
+        missing, unexpected = chunk.load_state_dict(shard, strict=False)
+        missing = [k for k in missing if not k.endswith("_extra_state")]
+        if strict and (missing or unexpected):
+            raise ValueError(
+                f"checkpoint does not match the model: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
 
 
-def full_state_dict(model: MegatronMUGDiT) -> dict[str, torch.Tensor]:
+def stage_state_dict(model) -> dict[str, torch.Tensor]:
+    """This rank's tensors of all its chunks, layers under their global numbers (the
+    conditioning embedders, identical in every chunk, once)."""
+    out: dict[str, torch.Tensor] = {}
+    for chunk in _chunks(model):
+        for k, v in chunk.state_dict().items():
+            if not k.endswith("_extra_state"):
+                out.setdefault(_to_global(k, chunk.layer_offset), v)
+    return out
+
+
+def load_stage_state_dict(model, state: dict[str, torch.Tensor]) -> tuple[list, list]:
+    """Inverse of :func:`stage_state_dict`; returns (missing, unexpected) global names."""
+    used: set[str] = set()
+    missing: list[str] = []
+    for chunk in _chunks(model):
+        own = chunk.state_dict()
+        local = {}
+        for k in own:
+            if k.endswith("_extra_state"):
+                continue
+            g = _to_global(k, chunk.layer_offset)
+            if g in state:
+                local[k] = state[g]
+                used.add(g)
+            else:
+                missing.append(g)
+        if not missing:
+            chunk.load_state_dict(local, strict=False)
+    return sorted(set(missing)), sorted(set(state) - used)
+
+
+def full_state_dict(model) -> dict[str, torch.Tensor]:
     """Gather the tensor-parallel shards and pipeline stages into one full (TP 1) Megatron
     state dict with global layer numbers (collective: every rank calls it, all get it)."""
     import torch.distributed as dist
@@ -450,7 +563,7 @@ def full_state_dict(model: MegatronMUGDiT) -> dict[str, torch.Tensor]:
 
     from mugv_train.parallel._convert import merge_tensor_parallel
 
-    local = {k: v.detach() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    local = {k: v.detach() for k, v in stage_state_dict(model).items()}
     size = parallel_state.get_tensor_model_parallel_world_size()
     if size == 1:
         merged = {k: v.clone() for k, v in local.items()}
@@ -463,7 +576,6 @@ def full_state_dict(model: MegatronMUGDiT) -> dict[str, torch.Tensor]:
             for r in range(size):
                 shards[r][key] = parts[r]
         merged = merge_tensor_parallel(shards)
-    merged = {_to_global(k, model.layer_offset): v for k, v in merged.items()}
     if parallel_state.get_pipeline_model_parallel_world_size() == 1:
         return merged
     stages: list = [None] * parallel_state.get_pipeline_model_parallel_world_size()

@@ -46,16 +46,19 @@ def init_distributed(parallel: ParallelConfig, *, timeout_s: float = 600.0) -> t
             f"pipeline_parallel = {tp} x {cp} x {pp}; launch a multiple of {tp * cp * pp} ranks "
             "or lower the parallel degrees"
         )
+    vpp = parallel.virtual_pipeline if parallel.virtual_pipeline > 1 else None
     if parallel_state.model_parallel_is_initialized() and (
         parallel_state.get_tensor_model_parallel_world_size(),
         parallel_state.get_context_parallel_world_size(),
         parallel_state.get_pipeline_model_parallel_world_size(),
-    ) != (tp, cp, pp):
+        parallel_state.get_virtual_pipeline_model_parallel_world_size(),
+    ) != (tp, cp, pp, vpp):
         parallel_state.destroy_model_parallel()
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tp,
             pipeline_model_parallel_size=pp,
+            virtual_pipeline_model_parallel_size=vpp,
             context_parallel_size=cp,
         )
     return dist.get_rank(), world
