@@ -876,3 +876,11 @@ def test_cli_generate_then_enhance(files, tmp_path, capsys):
     assert capsys.readouterr().out.split() == [str(out), str(enhanced)]
     a, b = read_mp4(out), read_mp4(enhanced)
     assert a.frames.shape == b.frames.shape == (17, H, Wd, 3) and a.fps == b.fps
+
+
+def test_clean_prompt_is_wans_cleaning():
+    """ftfy repairs mojibake, HTML is unescaped twice and whitespace collapsed (ref §4.2)."""
+    from mugv_infer.enhance.enhancer import clean_prompt
+
+    assert clean_prompt("  a\tcat &amp;amp; a   dog\n") == "a cat & a dog"
+    assert clean_prompt("cafÃ©  au lait") == "café au lait"

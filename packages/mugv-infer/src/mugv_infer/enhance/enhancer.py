@@ -95,14 +95,11 @@ class EnhancementOutput:
 
 
 def clean_prompt(text: str) -> str:
-    """Wan's prompt cleaning (reference §4.2): ftfy (when installed), HTML unescaped twice,
-    whitespace collapsed."""
-    try:
-        import ftfy
+    """Wan's prompt cleaning (reference §4.2): ftfy (a declared dependency), HTML unescaped
+    twice, whitespace collapsed."""
+    import ftfy
 
-        text = ftfy.fix_text(text)
-    except ImportError:
-        pass
+    text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()
 
