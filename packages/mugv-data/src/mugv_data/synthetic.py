@@ -24,7 +24,7 @@ import numpy as np
 
 from mugv_data._video import write_video
 
-__all__ = ["SyntheticVideo", "make_synthetic_set", "render_scene"]
+__all__ = ["SyntheticVideo", "make_synthetic_set", "render_fade", "render_scene"]
 
 # A tiny caption ontology: subjects x actions x scenes, so entity tags and balancing have
 # something to find. Index 0 of each list is deliberately the common case.
@@ -151,6 +151,26 @@ def _fade(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     out = [a[-1].astype(np.float32) * (1 - (k + 1) / n) for k in range(n)]
     out += [b[0].astype(np.float32) * ((k + 1) / (n + 1)) for k in range(n)]
     return np.clip(np.stack(out), 0, 255).astype(np.uint8)
+
+
+def render_fade(
+    a: np.ndarray, b: np.ndarray, out_len: int, in_len: int, colour: float = 0.0
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Scene ``a`` fading out over its last ``out_len`` frames to a flat ``colour`` (0 =
+    black, 255 = white), then ``b`` fading in over its first ``in_len``; both keep moving.
+
+    Returns the frames and the transition's half-open span (every frame not a pure scene).
+    """
+    fa, fb = a.astype(np.float32).copy(), b.astype(np.float32).copy()
+    for k in range(out_len):  # last faded-out frame is flat
+        alpha = 1 - (k + 1) / out_len
+        i = len(a) - out_len + k
+        fa[i] = fa[i] * alpha + colour * (1 - alpha)
+    for k in range(in_len):
+        alpha = k / in_len  # first faded-in frame is flat too
+        fb[k] = fb[k] * alpha + colour * (1 - alpha)
+    frames = np.clip(np.concatenate([fa, fb]), 0, 255).round().astype(np.uint8)
+    return frames, (len(a) - out_len, len(a) + in_len)
 
 
 def _dissolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:

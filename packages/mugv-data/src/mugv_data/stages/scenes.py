@@ -18,6 +18,19 @@ so a run of flagged frames [a, b] maps back to the span [a - 1, b - k + 1]. Runs
 start at a hard cut are that cut's echo and are ignored; hard cuts inside a gradual span
 are merged into it.
 
+Fades through black, white or any flat colour are found by a second detector that does
+not depend on one threshold for every fade length and speed: a fade scales a scene's
+contrast towards zero, so it shows as a dip of the frame's grey-level standard deviation
+to near zero (below 8 % of the highest contrast within a second) with the contrast
+rising on each side. A linear fade makes each side a straight ramp (contrast = alpha x
+the scene's), so each ramp is walked outward from the dip's bottom while the contrast
+still grows by at least 40 % of the ramp's mean slope so far (and by more than 0.5 %):
+the ramp ends where the slope collapses to the scene's own drift, whatever the fade's
+length or speed. The span runs from the first frame of the falling ramp to the last frame
+of the rising one, so slow and fast, symmetric and lopsided fades lose their faded frames
+(to within the scene's own contrast drift, a frame or two). A fade span replaces the
+colour/structure span it overlaps (which only approximates the ends).
+
 Scenes are the spans between cuts and transitions (transition frames belong to no clip);
 scenes shorter than ``min_clip_s`` are dropped and longer ones cut into clips of at most
 ``max_clip_s``.
@@ -126,6 +139,73 @@ def _gradual_spans(
     return spans
 
 
+_FADE_DIP = 0.25
+"""A frame is in a contrast dip when its std is below this share of the local maximum."""
+_FADE_FLOOR = 0.08
+"""A dip is a fade only if it reaches this share (a nearly flat frame)."""
+_FADE_RISE = 0.005
+"""Ramps are walked outward only while the contrast grows by more than this per frame..."""
+_FADE_SLOPE = 0.4
+"""...and by at least this share of the ramp's mean slope from the dip's bottom."""
+
+
+def _walk_ramp(sig: np.ndarray, m: int, step: int) -> int:
+    """From the dip's bottom ``m``, the last frame of the ramp rising in direction ``step``."""
+    t = m
+    while 0 <= t + step < len(sig):
+        rise = sig[t + step] - sig[t]
+        slope = (sig[t] - sig[m]) / abs(t - m) if t != m else 0.0
+        if rise <= max(sig[t] * _FADE_RISE + 1e-6, _FADE_SLOPE * slope):
+            break
+        t += step
+    return t
+
+
+def _fade_spans(sig: np.ndarray, fps: float) -> list[tuple[int, int]]:
+    """Fades through a flat frame, as half-open spans, from per-frame grey std ``sig``."""
+    n = len(sig)
+    if n < 3:
+        return []
+    w = max(3, round(fps))
+    pad = np.pad(sig, w, mode="edge")
+    ref = np.lib.stride_tricks.sliding_window_view(pad, 2 * w + 1).max(axis=1)
+    dip = sig < _FADE_DIP * ref
+    spans: list[tuple[int, int]] = []
+    t = 0
+    while t < n:
+        if not dip[t]:
+            t += 1
+            continue
+        a = t
+        while t < n and dip[t]:
+            t += 1
+        b = t - 1
+        low = sig[a : b + 1]
+        if low.min() > _FADE_FLOOR * ref[a : b + 1].max():
+            continue  # a low-contrast scene next to a busy one, not a fade
+        # The bottom may be several flat frames: walk left from the first, right from the last.
+        s = _walk_ramp(sig, a + int(np.argmin(low)), -1)
+        e = _walk_ramp(sig, b - int(np.argmin(low[::-1])), +1)
+        # s and e are the first frames (walking outward) no darker than the scene: the
+        # faded frames are between them; at the video's ends the ramp's frames are faded.
+        start = s if s == 0 and sig[0] < _FADE_DIP * ref[0] else s + 1
+        end = e + 1 if e == n - 1 and sig[-1] < _FADE_DIP * ref[-1] else e
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+        else:
+            spans.append((start, max(end, start + 1)))
+        t = max(t, e)
+    return spans
+
+
+def _merge_spans(
+    gradual: list[tuple[int, int]], fades: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Fade spans replace the colour/structure spans they overlap."""
+    keep = [g for g in gradual if not any(g[0] < f[1] + 2 and f[0] < g[1] + 2 for f in fades)]
+    return sorted(keep + fades)
+
+
 def split_scenes(path: str | Path, info: VideoInfo, cfg: SceneConfig) -> SceneResult:
     """Decode the video once (downscaled) and return its cuts, transitions and clips.
 
@@ -136,6 +216,7 @@ def split_scenes(path: str | Path, info: VideoInfo, cfg: SceneConfig) -> SceneRe
     detector = _CutDetector(cfg.cut_threshold, max(1, round(0.25 * fps)), fps)
     cuts: list[int] = []
     scores: list[float] = []
+    contrast: list[float] = []
     window: deque = deque(maxlen=k + 1)
     n = 0
     for n, bgr in enumerate(iter_small_frames(path, cfg.analysis_max_side)):
@@ -143,6 +224,7 @@ def split_scenes(path: str | Path, info: VideoInfo, cfg: SceneConfig) -> SceneRe
         if cfg.gradual:
             window.append(_features(bgr))
             scores.append(transition_score(window[-1], window[0]) if len(window) > k else 0.0)
+            contrast.append(float(bgr.mean(axis=2).std()))
     num_frames = n + 1 if scores or cuts or n else 0
     if num_frames == 0:
         from mugv_data._video import VideoError
@@ -151,7 +233,10 @@ def split_scenes(path: str | Path, info: VideoInfo, cfg: SceneConfig) -> SceneRe
     cuts += detector.finish(num_frames)
     check_complete(num_frames, info)
     cuts = sorted({c for c in cuts if 0 < c < num_frames})
-    transitions = _gradual_spans(np.asarray(scores), k, cfg, cuts) if cfg.gradual else []
+    transitions = []
+    if cfg.gradual:
+        fades = _fade_spans(np.asarray(contrast), fps)
+        transitions = _merge_spans(_gradual_spans(np.asarray(scores), k, cfg, cuts), fades)
     cuts = [c for c in cuts if not any(s - 1 <= c <= e for s, e in transitions)]
 
     # Scene spans between boundaries; transition frames belong to no scene.
