@@ -172,11 +172,38 @@ def test_x_mask_none_means_every_frame_generated():
 
 
 def test_frame_indices_move_the_temporal_rope():
+    """RoPE makes attention depend on position differences only: shifting every frame index
+    (start and end tokens included) by a constant leaves the output unchanged, while
+    stretching the frame spacing changes it."""
     model = tiny_model()
     x, t, text, mask = tiny_inputs()
-    base = model(x, t, text, mask)
-    shifted = model(x, t, text, mask, frame_indices=torch.arange(5) + 7)
-    assert not torch.allclose(base, shifted)
+    T = x.shape[2]
+    base = model(x, t, text, mask, frame_indices=torch.arange(T + 2))
+    torch.testing.assert_close(model(x, t, text, mask), base, rtol=0, atol=0)  # the default
+    shifted = model(x, t, text, mask, frame_indices=torch.arange(T + 2) + 7)
+    torch.testing.assert_close(shifted, base, rtol=1e-4, atol=1e-5)
+    stretched = model(x, t, text, mask, frame_indices=2 * torch.arange(T + 2))
+    assert (stretched - base).abs().max() > 1e-3
+
+
+def test_rope_angles_are_position_times_frequency():
+    """Hand-computed angles for K = 12 (two frequencies per axis: 1 and 10000^-1/2)."""
+    from mugv_dit.layers.rope import rope_3d_freqs
+
+    frames = torch.tensor([[3, 5, 9, 11]])  # start token, two frames, end token
+    cos, sin = rope_3d_freqs((2, 2, 3), frames, head_dim=12)
+    f = torch.tensor([1.0, 0.01])
+
+    def angles(h, w, t):
+        return torch.cat([h * f, w * f, t * f])
+
+    # token order: start, frame 0 (2 x 3 grid), frame 1, end
+    expected = {0: angles(0, 0, 3), 1 + 4: angles(1, 1, 5), 1 + 6 + 2: angles(0, 2, 9),
+                13: angles(1, 2, 11)}  # fmt: skip
+    assert cos.shape == (1, 14, 6)
+    for token, a in expected.items():
+        torch.testing.assert_close(cos[0, token], a.cos())
+        torch.testing.assert_close(sin[0, token], a.sin())
 
 
 @pytest.mark.parametrize(
