@@ -8,17 +8,35 @@ a multi-image chat turn, greedy decoding. The artifact filter flags a clip when 
 model's answer starts with "yes", passes it on "no"; any other answer does not parse and
 follows ``captions.on_unparsable`` (default: the clip is dropped, the answer in the reason).
 Captions: an empty answer does not parse either.
+
+vLLM is an optional, GPU-only backend (``captions.backend="vllm"``): it is not a declared
+dependency of mugv-data, because its wheels pin their own torch build, which would fork
+the workspace's torch. It is imported by name, only when that backend is chosen, and a
+missing install is one clear error naming ``pip install vllm``.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
+from types import ModuleType
 
 import numpy as np
 
 from mugv_data.config import CaptionConfig
 
 _YES_NO = re.compile(r"^[\W_]*(yes|no)\b", re.IGNORECASE)
+
+
+def _import_vllm() -> ModuleType:
+    """The optional vLLM backend, imported by name (not declared: see the module docstring)."""
+    try:
+        return importlib.import_module("vllm")
+    except ImportError:
+        raise ImportError(
+            "captions.backend='vllm' needs vLLM installed where the model stage runs "
+            "(pip install vllm); or set captions.backend='transformers'"
+        ) from None
 
 
 def parse_yes_no(answer: str) -> bool | None:
@@ -60,15 +78,9 @@ class VLMStage:
 
         processor = AutoProcessor.from_pretrained(name_or_path)
         if backend == "vllm":
-            try:
-                from vllm import LLM
-            except ImportError:
-                raise ImportError(
-                    "captions.backend='vllm' needs vLLM installed where the model stage runs "
-                    "(pip install vllm); or set captions.backend='transformers'"
-                ) from None
+            vllm = _import_vllm()
             # vLLM places the engine on the GPUs this process sees (a Ray actor's own).
-            return cls(LLM(model=name_or_path), processor, backend="vllm", **kwargs)
+            return cls(vllm.LLM(model=name_or_path), processor, backend="vllm", **kwargs)
         from transformers import AutoModelForImageTextToText
 
         model = AutoModelForImageTextToText.from_pretrained(name_or_path).to(device)
@@ -102,9 +114,7 @@ class VLMStage:
         images = [[Image.fromarray(f) for f in frames] for frames in clips]
         texts = [self._prompt(len(im), prompt) for im in images]
         if self.backend == "vllm":
-            from vllm import SamplingParams
-
-            params = SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens)
+            params = _import_vllm().SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens)
             reqs = [
                 {"prompt": t, "multi_modal_data": {"image": im}} for t, im in zip(texts, images)
             ]
