@@ -12,6 +12,7 @@ from torch import nn
 from mugv_dit._attention import attention, cross_attention
 from mugv_dit.kernels import qk_norm_rope
 from mugv_dit.kernels.reference import rms_norm_ref
+from mugv_dit.layers.rope import qk_norm_rope_fp32
 
 
 class RMSNorm(nn.Module):
@@ -55,12 +56,16 @@ class SelfAttention(nn.Module):
         B, L, _ = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(2)
-        q = qk_norm_rope(
-            q, self.q_norm.weight, cos, sin, eps=self.q_norm.eps, backend=kernel_backend
-        )
-        k = qk_norm_rope(
-            k, self.k_norm.weight, cos, sin, eps=self.k_norm.eps, backend=kernel_backend
-        )
+        if kernel_backend == "torch" and q.dtype == torch.float32:  # CPU fast path, same maths
+            q = qk_norm_rope_fp32(q, self.q_norm.weight, cos, sin, self.q_norm.eps)
+            k = qk_norm_rope_fp32(k, self.k_norm.weight, cos, sin, self.k_norm.eps)
+        else:
+            q = qk_norm_rope(
+                q, self.q_norm.weight, cos, sin, eps=self.q_norm.eps, backend=kernel_backend
+            )
+            k = qk_norm_rope(
+                k, self.k_norm.weight, cos, sin, eps=self.k_norm.eps, backend=kernel_backend
+            )
         out = attention(q, k, v, backend=attention_backend).reshape(B, L, -1)
         if not isinstance(self.proj, nn.Linear):  # a wrapped layer (peft LoRA): run it whole
             out = self.proj(out)

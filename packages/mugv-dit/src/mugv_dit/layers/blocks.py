@@ -10,11 +10,19 @@ Per token, with m = t or t0 chosen by ``use_t`` (reference §A.4)::
 
 with [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] =
 ``scale_shift_table`` [6, D] + t_block(t_vec[m]) reshaped to [6, D].
+
+CPU fast path (float32 with the "torch" kernel backend): the per-token choice between t and
+t0 is one [B, L, 2] x [B, 2, 6D] batched matmul with a one-hot left factor (1 * a + 0 * b is
+exactly a), so all six modulation vectors are selected in one op and their gradient is one
+matmul instead of six ``where`` backwards; LayerNorm is ``F.layer_norm`` and the modulation
+and gated residuals are single ``addcmul`` ops with the projection biases inside the matmuls.
+Same maths as the reference ops in ``kernels/reference.py``; equal up to float32 rounding.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mugv_dit.config import DiTConfig
@@ -55,6 +63,10 @@ class MUGDiTBlock(nn.Module):
         kernel_backend: str = "torch",
     ) -> torch.Tensor:
         B, _, D = x.shape
+        if kernel_backend == "torch" and x.dtype == t_mlp.dtype == torch.float32:
+            return self._forward_fp32(
+                x, t_mlp, use_t, cos, sin, text, text_mask, attention_backend=attention_backend
+            )
         # [B, 2 (t/t0), 6, D]: the per-block table plus the shared t_block output (AdaLN-single)
         mod = self.scale_shift_table[None, None] + t_mlp.view(B, 2, 6, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.unbind(2)
@@ -80,3 +92,38 @@ class MUGDiTBlock(nn.Module):
         )
         m = self.mlp(h, fc2_bias=False)
         return gated_residual(x, m, gate_mlp, use_t, self.mlp.fc2.bias, backend=kernel_backend)
+
+    def _forward_fp32(
+        self,
+        x: torch.Tensor,
+        t_mlp: torch.Tensor,
+        use_t: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        *,
+        attention_backend: str,
+    ) -> torch.Tensor:
+        """`forward` for float32 on the torch backend (see the module docstring)."""
+        B, _, D = x.shape
+        mod = self.scale_shift_table[None, None] + t_mlp.view(B, 2, 6, D)
+        # 1 + scale on the [B, 2, D] vectors, before the (exact) per-token selection
+        mod = mod + mod.new_tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0])[:, None]
+        onehot = torch.stack((use_t, ~use_t), dim=-1).to(mod.dtype)  # [B, L, 2]
+        per_token = torch.bmm(onehot, mod.view(B, 2, 6 * D))  # [B, L, 6D]
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = per_token.split(D, -1)
+
+        # 1-2. modulated self-attention with a gated residual
+        h = torch.addcmul(shift_msa, F.layer_norm(x, (D,), eps=self.eps), scale_msa)
+        a = self.attn(h, cos, sin, attention_backend=attention_backend, kernel_backend="torch")
+        x = torch.addcmul(x, gate_msa, a)
+
+        # 3. cross-attention to the text: plain residual
+        x = x + self.cross_attn(
+            self.cross_attn_norm(x), text, text_mask, attention_backend=attention_backend
+        )
+
+        # 4-5. modulated MLP with a gated residual
+        h = torch.addcmul(shift_mlp, F.layer_norm(x, (D,), eps=self.eps), scale_mlp)
+        return torch.addcmul(x, gate_mlp, self.mlp(h))

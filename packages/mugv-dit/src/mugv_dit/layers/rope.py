@@ -63,6 +63,62 @@ def apply_rope_3d(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return apply_rope_ref(x, cos, sin).to(x.dtype)
 
 
+def _rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B or 1, L, K/2] cos/sin -> interleaved C = (c, c) and S = (-s, s): [B or 1, L, 1, K]."""
+    c = cos.repeat_interleave(2, dim=-1)[:, :, None]
+    s = torch.stack((-sin, sin), dim=-1).flatten(-2)[:, :, None]
+    return c, s
+
+
+def _swap_pairs(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (x1, x0, x3, x2, ...) over the last dim."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
+class _QKNormRope(torch.autograd.Function):
+    """RMSNorm (weight [K]) then the pair rotation, with a hand-written backward.
+
+    Forward: r = (mean(x^2) + eps)^-1/2, xn = x r, u = xn w, y = u C + swap(u) S.
+    Backward: du = g C + swap(g S); dw = sum(du xn); dxn = du w;
+    dx = r (dxn - xn mean(dxn xn)).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, cos, sin, eps):  # type: ignore[override]
+        r = torch.rsqrt(x.square().mean(-1, keepdim=True).add_(eps))
+        xn = x * r
+        u = xn * weight
+        c, s = _rope_tables(cos, sin)
+        ctx.save_for_backward(xn, r, weight, c, s)
+        return torch.addcmul(u * c, _swap_pairs(u), s)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        xn, r, weight, c, s = ctx.saved_tensors
+        du = torch.addcmul(_swap_pairs(g * s), g, c)
+        dw = (du * xn).flatten(0, -2).sum(0) if ctx.needs_input_grad[1] else None
+        dxn = du * weight
+        dot = (dxn * xn).mean(-1, keepdim=True)
+        dx = torch.addcmul(dxn, xn, dot, value=-1).mul_(r) if ctx.needs_input_grad[0] else None
+        return dx, dw, None, None, None
+
+
+def qk_norm_rope_fp32(
+    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """RMSNorm over the head dim then 3D RoPE, for float32 on the CPU: the maths of
+    ``kernels.reference.qk_norm_rope_ref`` in seven tensor ops forward and about ten
+    backward (the reference's autograd graph has three times as many).
+
+    The pair rotation (even * c - odd * s, even * s + odd * c) is written as
+    ``u * C + swap(u) * S`` with C = (c, c), S = (-s, s) interleaved and swap(u) =
+    (odd, even): the same products and sums, so equal to the reference up to float32
+    rounding. x: [B, L, N, K] float32 (any strides); weight: [K]; cos, sin: [B or 1, L,
+    K/2]. Returns [B, L, N, K].
+    """
+    return _QKNormRope.apply(x, weight, cos, sin, eps)
+
+
 class RotaryEmbedding3D(nn.Module):
     """Computes the per-token cos/sin tables and checks positions against the table sizes.
 
