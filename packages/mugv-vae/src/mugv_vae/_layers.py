@@ -231,8 +231,20 @@ class CausalConv3d(nn.Module):
         self.conv = nn.Conv3d(cin, cout, k, stride=stride, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.space_pad
-        return self.conv(F.pad(x, (s, s, s, s, *self.time_pad)))
+        # Zero padding through the conv itself (no padded copy of the input) where it is
+        # symmetric; the stride-2 convs pad time (0, 1), which F.pad adds first.
+        conv, s = self.conv, self.space_pad
+        front, back = self.time_pad
+        if front != back:
+            x = F.pad(x, (0, 0, 0, 0, front, back))
+            front = 0
+        kt = conv.kernel_size[0]
+        if x.shape[2] == 1 and front == kt // 2 and conv.stride[0] == 1 and kt > 1:
+            # one frame between zero pads: only the middle time tap meets data, so the 3D
+            # conv is the 2D conv with that tap (the others multiply zeros)
+            w = conv.weight[:, :, kt // 2]
+            return F.conv2d(x[:, :, 0], w, conv.bias, conv.stride[1:], s)[:, :, None]
+        return F.conv3d(x, conv.weight, conv.bias, conv.stride, (front, s, s))
 
 
 class ResBlock3d(nn.Module):
