@@ -160,6 +160,13 @@ def _check_weights_source(source: str, field: str) -> None:
             f"{field} {source} is neither an existing folder or file nor a Hub repo id "
             "'org/name'; give a mugv-dit save_pretrained folder or the official dit.pt"
         )
+    if path.is_dir():
+        if not ((path / "config.json").is_file() or (path / "dit.pt").is_file()):
+            raise FileNotFoundError(
+                f"{field} {source} holds neither config.json (a mugv-dit save_pretrained "
+                "folder) nor the official dit.pt"
+            )
+        return
     if path.is_file():
         with open(path, "rb") as f:
             head = f.read(9)
@@ -184,6 +191,28 @@ def _check_shards(spec: str) -> None:
         )
 
 
+def _check_resume(config: Any) -> None:
+    """The checkpoint a run would resume from holds torch files, not text or fragments
+    (their contents are read later with ``weights_only=True``)."""
+    if not config.checkpoint.resume:
+        return
+    from mugv_train.checkpointing import latest_checkpoint
+
+    root = Path(config.output_dir) / "checkpoints"
+    latest = latest_checkpoint(root) if root.is_dir() else None
+    if latest is None:
+        return
+    for path in sorted(latest.glob("*.pt")):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head != b"PK\x03\x04":
+            raise ValueError(
+                f"{path} is not a torch checkpoint file (truncated, or replaced by another "
+                f"file); delete {latest} to resume from an earlier checkpoint, or set "
+                "checkpoint.resume=false with a new --out"
+            )
+
+
 # -- commands ---------------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> int:
     with _quiet_imports():
@@ -197,6 +226,7 @@ def _train(args: argparse.Namespace) -> int:
     _check_weights_source(config.reference_from, "reference_from")
     _check_shards(config.data.shards)
     _check_output_dir(Path(config.output_dir))
+    _check_resume(config)
     with _quiet_imports():
         from mugv_train.loop import train
 
