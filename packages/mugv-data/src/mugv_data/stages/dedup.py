@@ -16,42 +16,54 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
 
 from mugv_data.config import BalanceConfig, DedupConfig
-from mugv_data.stages.quality import hamming
+
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 
 
-def _candidate_pairs(hashes: list[list[int]], max_distance: float) -> set[tuple[int, int]]:
-    """Pairs (i < j) that can be within ``max_distance``: those sharing a band of a hash.
+def _hamming_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Summed bit differences of uint64 hash rows: ``a [m, F]`` x ``b [k, F]`` -> ``[m, k]``."""
+    x = (a[:, None, :] ^ b[None, :, :]).view(np.uint8)  # [m, k, 8 F]
+    return _POPCOUNT8[x].sum(axis=-1)
+
+
+def _candidate_groups(hashes: np.ndarray, max_distance: float) -> Iterator[np.ndarray]:
+    """Groups of clip indices (ascending) that share a band of a frame's hash; every pair
+    within ``max_distance`` shares at least one group.
 
     Exact, by the pigeonhole principle: a mean distance <= D over F frames means some
     frame differs in at most floor(D) bits, and a 64-bit hash cut into floor(D) + 1 bands
-    then has one band equal. Only clips in the same (frame, band, value) bucket are
-    compared, so the work grows with the number of near matches, not with N^2.
+    then has one band equal. Only clips in the same (frame, band, value) group are
+    compared, so the work grows with the near matches (and random band collisions, about
+    N^2 x 21 / 2^11 pairs for D = 6), never with a stored set of pairs.
     """
+    n, frames = hashes.shape
     nb = int(max_distance) + 1
     if nb > 64:  # every pair is a candidate
-        return {(i, j) for i in range(len(hashes)) for j in range(i + 1, len(hashes))}
+        yield np.arange(n)
+        return
     width = -(-64 // nb)
-    buckets: dict[tuple[int, int, int, int], list[int]] = {}
-    for i, hs in enumerate(hashes):
-        for f, h in enumerate(hs):
-            for b in range(nb):
-                val = (h >> (b * width)) & ((1 << width) - 1)
-                buckets.setdefault((len(hs), f, b, val), []).append(i)
-    pairs = set()
-    for members in buckets.values():
-        for a in range(len(members)):
-            for c in range(a + 1, len(members)):
-                pairs.add((members[a], members[c]))
-    return pairs
+    mask = np.uint64((1 << width) - 1)
+    for f in range(frames):
+        for b in range(nb):
+            vals = (hashes[:, f] >> np.uint64(b * width)) & mask
+            order = np.argsort(vals, kind="stable")
+            for g in np.split(order, np.flatnonzero(np.diff(vals[order])) + 1):
+                if len(g) > 1:
+                    yield g
 
 
 def duplicate_groups(clips: list[dict], cfg: DedupConfig) -> dict[str, tuple[str, float]]:
     """Map each duplicate clip id -> (id of the clip kept instead, hash distance).
 
     ``clips`` in a fixed order (clip id); each needs ``clip_id``, ``phash`` (hex strings),
-    ``duration_s``, ``width``, ``height``.
+    ``duration_s``, ``width``, ``height``. Memory: the hashes as one uint64 array and the
+    matching pairs; candidate groups are compared as they are found, a block of rows at a
+    time, and never stored.
     """
     n = len(clips)
     parent = list(range(n))
@@ -62,19 +74,31 @@ def duplicate_groups(clips: list[dict], cfg: DedupConfig) -> dict[str, tuple[str
             i = parent[i]
         return i
 
-    hashes = [[int(h, 16) for h in c["phash"] or []] for c in clips]
     dist: dict[tuple[int, int], float] = {}
-    for i, j in sorted(_candidate_pairs(hashes, cfg.max_distance)):
-        hi, hj = hashes[i], hashes[j]
-        if not hi or len(hi) != len(hj):
-            continue
-        di, dj = clips[i]["duration_s"], clips[j]["duration_s"]
-        if max(di, dj) > cfg.max_duration_ratio * max(min(di, dj), 1e-6):
-            continue
-        d = sum(hamming(a, b) for a, b in zip(hi, hj)) / len(hi)
-        if d <= cfg.max_distance:
-            dist[(i, j)] = d
-            parent[find(j)] = find(i)
+    by_len: dict[int, list[int]] = {}
+    for i, c in enumerate(clips):
+        if c["phash"]:  # clips without hashes are never duplicates
+            by_len.setdefault(len(c["phash"]), []).append(i)
+    dur = np.array([c["duration_s"] for c in clips], dtype=np.float64)
+    for frames, idx in by_len.items():
+        index = np.array(idx)
+        hashes = np.array(
+            [[int(h, 16) for h in clips[i]["phash"]] for i in idx], dtype=np.uint64
+        ).reshape(len(idx), frames)
+        for g in _candidate_groups(hashes, cfg.max_distance):
+            for r0 in range(0, len(g) - 1, 256):  # [256, len(g)] distances at a time
+                rows = g[r0 : r0 + 256]
+                d = _hamming_rows(hashes[rows], hashes[g]) / frames
+                gi, gj = index[rows][:, None], index[g][None, :]
+                di, dj = dur[gi], dur[gj]
+                close = (d <= cfg.max_distance) & (gi < gj)
+                close &= np.maximum(di, dj) <= cfg.max_duration_ratio * np.maximum(
+                    np.minimum(di, dj), 1e-6
+                )
+                for a, b in zip(*np.nonzero(close)):
+                    i, j = int(index[rows[a]]), int(index[g[b]])
+                    dist[(i, j)] = float(d[a, b])
+                    parent[find(j)] = find(i)
     groups: dict[int, list[int]] = {}
     for i in range(n):
         groups.setdefault(find(i), []).append(i)
