@@ -2,7 +2,8 @@
 
 Errors: one line ``mugv-data: error: <what, where, what to do>`` on stderr; exit 2 for bad
 input (arguments, files, configs, models that cannot load, an unreachable Ray cluster),
-1 for a failure during the work, 130 on Ctrl-C. The traceback is printed only with
+1 for a failure during the work, 130 on Ctrl-C, 143 on SIGTERM (atomic writers remove
+their temporary files first; a rerun resumes). The traceback is printed only with
 ``--debug`` or ``MUGV_DEBUG=1``.
 """
 
@@ -22,46 +23,25 @@ class UsageError(ValueError):
 
 
 def _config(args: argparse.Namespace):
-    from mugv_data.config import CurationConfig
+    from mugv_data.config import CurationConfig, read_config_file
 
-    cfg = CurationConfig.preset(args.preset)
-    if args.config:
-        cfg = CurationConfig.from_dict(_read_overrides(args.config), base=cfg)
-    if args.workers:
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    overrides = read_config_file(args.config) if args.config else {}
+    named = overrides.pop("preset", None)
+    if named is not None and args.preset is not None and named != args.preset:
+        raise UsageError(
+            f"config file {args.config} names preset {named!r} but --preset {args.preset} "
+            "was given; drop one"
+        )
+    cfg = CurationConfig.preset(args.preset or named or "paper")
+    if overrides:
+        cfg = CurationConfig.from_dict(overrides, base=cfg)
+    if args.workers is not None:
         cfg = CurationConfig.from_dict({"workers": args.workers}, base=cfg)
     if getattr(args, "ray_address", None):
         cfg = CurationConfig.from_dict({"ray": {"address": args.ray_address}}, base=cfg)
     return cfg
-
-
-def _read_overrides(path: str) -> dict:
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"config file not found: {p}")
-    if not p.is_file():
-        raise UsageError(f"config {p} is not a regular file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(
-            f"config file {p} is not UTF-8 text ({e.reason} at byte {e.start})"
-        ) from None
-    if p.suffix == ".toml":
-        import tomllib
-
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise UsageError(f"config file {p} is not valid TOML: {e}") from None
-    if p.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"config file {p} is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise UsageError(f"config file {p} must hold a JSON object")
-        return data
-    raise UsageError(f"config file must be .json or .toml, got {p.name}")
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
@@ -88,15 +68,19 @@ def _load_vae(spec: str, device: str):
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    import mugv_dit
     from mugv_data.stages.encode import check_encode_inputs, encode_clips
 
-    # Arguments and the manifest are checked before any model loads.
+    # Arguments and the manifest are checked before any model (or torch) loads.
     if args.shard_size < 1:
         raise UsageError(f"--shard-size must be >= 1, got {args.shard_size}")
     if args.text_max_length < 1:
         raise UsageError(f"--text-max-length must be >= 1, got {args.text_max_length}")
     check_encode_inputs(args.curated)
+    local = args.vae.startswith(("/", ".", "~")) or args.vae.endswith((".pt", ".safetensors"))
+    if local and not Path(args.vae).expanduser().exists():
+        raise FileNotFoundError(f"--vae {args.vae}: no such folder or file")
+    import mugv_dit
+
     vae = _load_vae(args.vae, args.device)
     te = mugv_dit.TextEncoder(
         args.text_encoder, max_length=args.text_max_length, device=args.device
@@ -140,6 +124,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from mugv_data.official import export_official_csv
 
+    if args.text_length < 1:
+        raise UsageError(f"--text-length must be >= 1, got {args.text_length}")
     print(export_official_csv(args.shards, args.out, text_length=args.text_length))
     return 0
 
@@ -147,12 +133,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from mugv_data.official import import_official_csv
 
+    if args.shard_size < 1:
+        raise UsageError(f"--shard-size must be >= 1, got {args.shard_size}")
     print(import_official_csv(args.csv, args.out, shard_size=args.shard_size))
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + error
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Terminated(BaseException):
+    """SIGTERM as an exception, so atomic writers' cleanup runs before the exit (143)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
         description="MUG-V data curation",
         epilog="--debug (anywhere) or MUGV_DEBUG=1 prints tracebacks of errors",
@@ -163,9 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("input", help="a folder of videos, a manifest (.csv/.jsonl/.parquet) or a video")
     c.add_argument("--out", required=True, help="output folder (rerun to resume)")
     c.add_argument("--config", help="JSON or TOML file of overrides")
-    c.add_argument("--preset", default="paper", choices=["paper", "synthetic"])
+    c.add_argument(
+        "--preset", choices=["paper", "synthetic"], help="default: the config's, else paper"
+    )
     c.add_argument("--engine", default="local", choices=["local", "ray"])
-    c.add_argument("--workers", type=int, default=0, help="processes (local) / CPUs (ray)")
+    c.add_argument("--workers", type=int, help="processes (local) / CPUs (ray); default 1")
     c.add_argument(
         "--ray-address", help="a running Ray cluster (host:port, ray://..., auto); else RAY_ADDRESS"
     )
@@ -224,12 +223,22 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MUGV_DEBUG", "") not in ("", "0")
-    args = build_parser().parse_args([a for a in argv if a != "--debug"])
-    if getattr(args, "workers", 0) and args.workers < 0:
-        print(f"{PROG}: error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
-        return 2
+    try:
+        args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    except SystemExit as e:  # --help (0) or a usage error (2, one line printed)
+        return int(e.code or 0)
+
+    def on_term(signum, frame):
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         return args.fn(args)
     except KeyboardInterrupt:
@@ -238,15 +247,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: interrupted; outputs written so far are complete (rerun to resume)",
               file=sys.stderr)  # fmt: skip
         return 130
+    except _Terminated:
+        print(f"{PROG}: error: terminated (SIGTERM); outputs written so far are complete "
+              "(rerun to resume)", file=sys.stderr)  # fmt: skip
+        return 143
     except Exception as e:
         if debug:
             raise
         bad = isinstance(e, _bad_input_types())
-        msg = str(e).strip().replace("\n", " ") or type(e).__name__
+        msg = " ".join(str(e).split()) or type(e).__name__
         if not bad:
             msg = f"{type(e).__name__}: {msg}"
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2 if bad else 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

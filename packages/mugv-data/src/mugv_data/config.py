@@ -18,7 +18,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -53,6 +56,69 @@ def _check_range(name: str, lo: float, hi: float) -> None:
         raise ValueError(f"{name}: min ({lo}) must not exceed max ({hi})")
 
 
+def _type_name(v: Any) -> str:
+    return f"{v!r} ({type(v).__name__})"
+
+
+def _check_value(name: str, v: Any, t: Any) -> None:
+    """``v`` against the annotation ``t``: bool, int, float (finite), str, X | None,
+    tuple[X, ...], tuple[X, Y], Mapping[str, X] or a config dataclass."""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin in (typing.Union, types.UnionType):
+        if v is None and type(None) in args:
+            return
+        (t,) = [a for a in args if a is not type(None)]
+        return _check_value(name, v, t)
+    if t is bool:
+        if not isinstance(v, bool):
+            raise TypeError(f"{name} must be true or false, got {_type_name(v)}")
+    elif t is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an integer, got {_type_name(v)}")
+    elif t is float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise TypeError(f"{name} must be a number, got {_type_name(v)}")
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v}")
+    elif t is str:
+        if not isinstance(v, str):
+            raise TypeError(f"{name} must be a string, got {_type_name(v)}")
+    elif origin is tuple:
+        if not isinstance(v, tuple | list):
+            raise TypeError(f"{name} must be a list, got {_type_name(v)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            for k, x in enumerate(v):
+                _check_value(f"{name}[{k}]", x, args[0])
+        else:
+            if len(v) != len(args):
+                raise ValueError(f"{name} must have {len(args)} values, got {list(v)}")
+            for k, (x, a) in enumerate(zip(v, args)):
+                _check_value(f"{name}[{k}]", x, a)
+    elif origin is Mapping:
+        if not isinstance(v, Mapping):
+            raise TypeError(f"{name} must be a table/object, got {_type_name(v)}")
+        for k, x in v.items():
+            _check_value(f"{name} key", k, args[0])
+            _check_value(f"{name}.{k}", x, args[1])
+    elif dataclasses.is_dataclass(t) and not isinstance(v, t):
+        raise TypeError(f"{name} must be a {t.__name__}, got {_type_name(v)}")
+
+
+def _check_fields(obj: Any) -> None:
+    """Every field of a config dataclass has its annotated type (numbers finite), so a bad
+    override fails when the config is built, naming the field, not deep inside a stage."""
+    section = getattr(obj, "_section", "")
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        name = f"{section}.{f.name}" if section else f.name
+        _check_value(name, getattr(obj, f.name), hints[f.name])
+
+
+def _at_least(name: str, v: float, lo: float) -> None:
+    if v < lo:
+        raise ValueError(f"{name} must be >= {lo:g}, got {v}")
+
+
 @dataclass(frozen=True)
 class SceneConfig:
     """Scene splitting: PySceneDetect for hard cuts plus a gradual-transition detector."""
@@ -74,7 +140,21 @@ class SceneConfig:
     analysis_max_side: int = 256
     """Frames are downscaled to this longer side for scene detection."""
 
+    _section = "scenes"
+
     def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.cut_threshold <= 0 or self.gradual_window_s <= 0:
+            raise ValueError(
+                "scenes.cut_threshold and scenes.gradual_window_s must be > 0, got "
+                f"{self.cut_threshold} and {self.gradual_window_s}"
+            )
+        if not 0 <= self.gradual_threshold <= 1:
+            raise ValueError(
+                f"scenes.gradual_threshold must be in [0, 1], got {self.gradual_threshold}"
+            )
+        _at_least("scenes.gradual_sigma", self.gradual_sigma, 0)
+        _at_least("scenes.analysis_max_side", self.analysis_max_side, 16)
         _check_range("scenes.min_clip_s/max_clip_s", self.min_clip_s, self.max_clip_s)
         if self.min_clip_s <= 0:
             raise ValueError("scenes.min_clip_s must be > 0")
@@ -89,7 +169,11 @@ class SharpnessConfig:
     max: float = 2000.0
     num_frames: int = 5
 
+    _section = "sharpness"
+
     def __post_init__(self) -> None:
+        _check_fields(self)
+        _at_least("sharpness.num_frames", self.num_frames, 1)
         _check_range("sharpness", self.min, self.max)
 
 
@@ -108,7 +192,12 @@ class MotionConfig:
     max_side: int | None = None
     """Resize frames to this longer side before flow (magnitudes scale with size); None = native."""
 
+    _section = "motion"
+
     def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.max_side is not None:
+            _at_least("motion.max_side", self.max_side, 8)
         _check_range("motion", self.min, self.max)
         if self.backend not in ("farneback", "raft"):
             raise ValueError(f"motion.backend must be 'farneback' or 'raft', got {self.backend!r}")
@@ -129,7 +218,11 @@ class AestheticConfig:
     """MLP head weights: a local .safetensors/.pth path or ``hf://org/repo/file``."""
     num_frames: int = 3
 
+    _section = "aesthetic"
+
     def __post_init__(self) -> None:
+        _check_fields(self)
+        _at_least("aesthetic.num_frames", self.num_frames, 1)
         if self.enabled and not (self.clip_model and self.head_weights):
             raise ValueError(
                 "aesthetic.enabled needs aesthetic.clip_model and aesthetic.head_weights"
@@ -163,7 +256,10 @@ class CaptionConfig:
     neither yes nor no, an empty caption): ``drop`` (stage ``artifact`` / ``caption``, the
     answer in the reason) or ``keep`` (the answer is kept in ``model_note``)."""
 
+    _section = "captions"
+
     def __post_init__(self) -> None:
+        _check_fields(self)
         if self.backend not in ("transformers", "vllm"):
             raise ValueError(
                 f"captions.backend must be 'transformers' or 'vllm', got {self.backend!r}"
@@ -198,6 +294,15 @@ class DedupConfig:
     max_duration_ratio: float = 1.25
     """Clips whose durations differ by more than this ratio are never duplicates."""
 
+    _section = "dedup"
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        _at_least("dedup.num_frames", self.num_frames, 1)
+        if not 0 <= self.max_distance <= 64:
+            raise ValueError(f"dedup.max_distance must be in [0, 64] bits, got {self.max_distance}")
+        _at_least("dedup.max_duration_ratio", self.max_duration_ratio, 1)
+
 
 @dataclass(frozen=True)
 class BalanceConfig:
@@ -210,7 +315,10 @@ class BalanceConfig:
         "is", "are", "its", "his", "her", "their", "this", "that", "from", "by", "into", "for",
     )  # fmt: skip
 
+    _section = "balance"
+
     def __post_init__(self) -> None:
+        _check_fields(self)
         if self.alpha < 0:
             raise ValueError("balance.alpha must be >= 0")
 
@@ -236,11 +344,22 @@ class BucketConfig:
     allow_upscale: bool = False
     """If False, a clip only fits tiers whose pixel count is at most its own."""
 
+    _section = "buckets"
+
     def __post_init__(self) -> None:
+        _check_fields(self)
         if not self.resolutions or not self.aspect_ratios or not self.durations_s:
             raise ValueError("buckets need at least one resolution, aspect ratio and duration")
         if self.fps <= 0:
-            raise ValueError("buckets.fps must be > 0")
+            raise ValueError(f"buckets.fps must be > 0, got {self.fps}")
+        _at_least("buckets.multiple", self.multiple, 1)
+        for what, vals in (
+            ("durations_s", self.durations_s),
+            ("resolutions", self.resolutions.values()),
+            ("aspect_ratios", [x for hw in self.aspect_ratios.values() for x in hw]),
+        ):
+            if any(v <= 0 for v in vals):
+                raise ValueError(f"buckets.{what} must all be > 0, got {list(vals)}")
 
     def frame_counts(self) -> tuple[int, ...]:
         """Pixel frame counts of the duration buckets: 8k + 1 closest to duration x fps."""
@@ -277,7 +396,10 @@ class RayConfig:
     model_cpus: float = 1.0
     """CPUs per model-stage actor."""
 
+    _section = "ray"
+
     def __post_init__(self) -> None:
+        _check_fields(self)
         if self.videos_per_block < 1 or self.model_actors < 1:
             raise ValueError("ray.videos_per_block and ray.model_actors must be >= 1")
         if self.model_gpus < 0 or self.model_cpus < 0:
@@ -322,10 +444,14 @@ class CurationConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         if self.workers < 1:
-            raise ValueError("workers must be >= 1")
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.model_batch_size < 1:
-            raise ValueError("model_batch_size must be >= 1")
+            raise ValueError(f"model_batch_size must be >= 1, got {self.model_batch_size}")
+        bad = [e for e in self.video_extensions if not e.startswith(".")]
+        if bad:
+            raise ValueError(f"video_extensions must start with '.', got {bad}")
 
     def for_source(self, source: str) -> SourceConfig:
         return self.sources.get(source, self.default)
@@ -359,15 +485,26 @@ class CurationConfig:
         Keys: ``default`` (sections of ``SourceConfig``), ``sources.<name>`` (overlaid on
         ``default``), ``dedup``, ``balance``, ``buckets``, ``workers``, ``preset``.
         """
+        if not isinstance(d, Mapping):
+            raise TypeError(f"a curation config must be a table/object, got {_type_name(d)}")
         d = dict(d)
-        cfg = base or (cls.preset(d.pop("preset")) if "preset" in d else cls())
-        d.pop("preset", None)
+        preset = d.pop("preset", None)
+        if preset is not None and base is not None:
+            raise ValueError(
+                f"config names preset {preset!r} and a base config is given too; drop one"
+            )
+        cfg = base or (cls.preset(preset) if preset is not None else cls())
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}; valid: {sorted(known)}")
         default = _overlay_source(cfg.default, d.get("default", {}), "default")
         sources = dict(cfg.sources)
+        if not isinstance(d.get("sources", {}), Mapping):
+            raise TypeError(
+                "config section 'sources' must be a table/object of source names, got "
+                f"{_type_name(d['sources'])}"
+            )
         for name, sub in d.get("sources", {}).items():
             sources[name] = _overlay_source(sources.get(name, default), sub, f"sources.{name}")
         kw: dict[str, Any] = {"default": default, "sources": sources}
@@ -387,24 +524,45 @@ class CurationConfig:
             "model_device",
         ):
             if name in d:
-                kw[name] = tuple(d[name]) if name == "video_extensions" else d[name]
+                v = d[name]
+                kw[name] = tuple(v) if name == "video_extensions" and isinstance(v, list) else v
         return replace(cfg, **kw)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> CurationConfig:
         """Load a JSON (``.json``) or TOML (``.toml``) file of overrides."""
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"config file not found: {p}")
-        if p.suffix == ".toml":
-            import tomllib
+        return cls.from_dict(read_config_file(path))
 
-            data = tomllib.loads(p.read_text())
-        elif p.suffix == ".json":
-            data = json.loads(p.read_text())
-        else:
-            raise ValueError(f"config file must be .json or .toml, got {p.name}")
-        return cls.from_dict(data)
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The overrides in a JSON or TOML config file; errors name the file and the problem."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"config file not found: {p}")
+    if not p.is_file():
+        raise ValueError(f"config {p} is not a regular file")
+    if p.suffix not in (".json", ".toml"):
+        raise ValueError(f"config file must be .json or .toml, got {p.name}")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"config file {p} is not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
+    if p.suffix == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {p} is not valid TOML: {e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config file {p} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {p} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _to_jsonable(x: Any) -> Any:
@@ -427,13 +585,24 @@ def _overlay(obj: Any, d: Mapping[str, Any], where: str) -> Any:
         cur = getattr(obj, k)
         if isinstance(cur, tuple) and isinstance(v, list):
             v = tuple(v)
-        if k == "aspect_ratios":
-            v = {name: tuple(hw) for name, hw in v.items()}
+        if k == "aspect_ratios" and isinstance(v, Mapping):
+            v = {name: tuple(hw) if isinstance(hw, list) else hw for name, hw in v.items()}
         kw[k] = v
-    return replace(obj, **kw)
+    try:
+        return replace(obj, **kw)
+    except (TypeError, ValueError) as e:
+        # Name the field where it was given: "sources.web.sharpness.min", not "sharpness.min".
+        msg, section = str(e), getattr(obj, "_section", "")
+        if section and where != section and msg.startswith(section):
+            msg = where + msg[len(section) :]
+        raise type(e)(msg) from None
 
 
 def _overlay_source(src: SourceConfig, d: Mapping[str, Any], where: str) -> SourceConfig:
+    if not isinstance(d, Mapping):
+        raise TypeError(
+            f"config section {where!r} must be a table/object of sections, got {_type_name(d)}"
+        )
     unknown = set(d) - set(_SECTIONS)
     if unknown:
         raise ValueError(

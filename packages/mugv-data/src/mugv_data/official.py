@@ -95,6 +95,33 @@ def export_official_csv(
     return path
 
 
+def _load_pt(path: Path):
+    """A ``.pt`` file of the official layout: tensors only (``weights_only``), the file named
+    in every error."""
+    import pickle
+
+    import torch
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} (named in the CSV) not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        why = " ".join(str(e).split())[:200]
+        raise ValueError(
+            f"{path} is not a torch tensor file of the official layout ({why})"
+        ) from None
+
+
+def _load_tensor(path: Path, what: str):
+    import torch
+
+    t = _load_pt(path)
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise ValueError(f"{path}: {what} must be a floating-point tensor, got {type(t).__name__}")
+    return t.float()
+
+
 def import_official_csv(
     csv_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -111,25 +138,32 @@ def import_official_csv(
     """
     import torch
 
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"shard_size must be an integer >= 1, got {shard_size!r}")
     csv_path = Path(csv_path)
     if not csv_path.exists():
         raise FileNotFoundError(f"official CSV not found: {csv_path}")
-    with csv_path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(
-                f"{csv_path} lacks columns {missing}; the official layout has {_COLUMNS}"
-            )
-        rows = list(reader)
+    if not csv_path.is_file():
+        raise ValueError(f"official CSV {csv_path} is not a regular file")
+    try:
+        text = csv_path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{csv_path} is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8"
+        ) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"{csv_path} lacks columns {missing}; the official layout has {_COLUMNS}")
+    rows = list(reader)
+    if not rows:
+        raise ValueError(f"{csv_path} has a header but no rows")
     shift = torch.tensor(_SHIFT).view(-1, 1, 1, 1)
     scale = torch.tensor(_SCALE).view(-1, 1, 1, 1)
     base = csv_path.parent
     with ShardWriter(out_dir, shard_size=shard_size) as writer:
         for r in rows:
-            latent = torch.load(
-                base / r["latent_path"], map_location="cpu", weights_only=True
-            ).float()
+            latent = _load_tensor(base / r["latent_path"], "latent")
             if latent.ndim == 5 and latent.shape[0] == 1:
                 latent = latent[0]
             if latent.ndim != 4:
@@ -146,7 +180,12 @@ def import_official_csv(
                 raise ValueError(
                     f"row {r['sample_id']}: source must be 'real' or 'generated', got {r['source']!r}"
                 )
-            feats = torch.load(base / r["text_feat_path"], map_location="cpu", weights_only=True)
+            feats = _load_pt(base / r["text_feat_path"])
+            if not isinstance(feats, dict) or not {"y", "mask"} <= set(feats):
+                raise ValueError(
+                    f"{r['text_feat_path']}: text features must be a dict with 'y' and 'mask' "
+                    "(the official layout)"
+                )
             y, mask = feats["y"][-1], feats["mask"][-1]  # the official loader's indexing
             y = y.reshape(-1, y.shape[-1])
             text = y[mask.reshape(-1).bool()].float()

@@ -111,21 +111,19 @@ def discover_inputs(
             raise ValueError(f"no video files ({', '.join(sorted(exts))}) under {root}")
         return items
     if root.suffix.lower() in _MANIFEST_SUFFIXES:
-        if root.suffix.lower() == ".csv":
-            import pyarrow.csv as pacsv
-
-            rows = pacsv.read_csv(root).to_pylist()
-        elif root.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows = pq.read_table(root).to_pylist()
-        else:
-            rows = [json.loads(line) for line in root.read_text().splitlines() if line.strip()]
+        rows = _read_manifest(root)
         for i, r in enumerate(rows):
             if "path" not in r:
                 raise ValueError(
                     f"{root}: row {i} has no 'path' column (need path[, caption, source])"
                 )
+            for col in ("path", "caption", "source"):
+                if r.get(col) is not None and not isinstance(r[col], str):
+                    raise ValueError(
+                        f"{root}: row {i}: {col} must be text, got {type(r[col]).__name__}"
+                    )
+            if not r["path"]:
+                raise ValueError(f"{root}: row {i} has an empty path")
             p = Path(r["path"])
             full = p if p.is_absolute() else root.parent / p
             cap = r.get("caption") or _sidecar_caption(full)
@@ -134,8 +132,68 @@ def discover_inputs(
                     str(full), str(r.get("source") or "default"), cap, video_key(str(r["path"]))
                 )
             )
+        if not items:
+            raise ValueError(f"{root}: the manifest has no rows (need path[, caption, source])")
         return sorted(items, key=lambda i: i.key)
+    if not root.is_file():
+        raise ValueError(f"input {root} is not a regular file, folder or manifest")
     return [InputItem(str(root), "default", _sidecar_caption(root), video_key(root.name))]
+
+
+def _read_manifest(root: Path) -> list[dict]:
+    """The rows of a .csv / .jsonl / .parquet input manifest; errors name the file, the row
+    and the problem (text must be UTF-8)."""
+    suffix = root.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        with root.open("rb") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(
+                        f"{root} is not UTF-8 text (line {n}: {e.reason} at byte {e.start}); "
+                        "re-save it as UTF-8"
+                    ) from None
+                if not text.strip():
+                    continue
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{root}: line {n} is not JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(
+                        f"{root}: line {n} must be a JSON object with a 'path', "
+                        f"got {type(row).__name__}"
+                    )
+                rows.append(row)
+        return rows
+    import pyarrow as pa
+
+    try:
+        if suffix == ".csv":
+            import csv
+            import io
+
+            data = root.read_bytes()
+            try:
+                text = data.decode("utf-8-sig")  # a byte-order mark (Excel) is fine
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{root} is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as "
+                    "UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                ) from None
+            if not text.strip():
+                raise ValueError(f"{root} is empty (need a header: path[,caption,source])")
+            # The csv module keeps every cell text (pyarrow would make "123" captions ints).
+            return list(csv.DictReader(io.StringIO(text, newline="")))
+        else:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(root)
+    except pa.ArrowException as e:
+        raise ValueError(f"{root} is not a readable {suffix[1:]} manifest ({e})") from None
+    return table.to_pylist()
 
 
 # -- per-video work (pure functions of the item and config: both engines call these) ------
@@ -573,6 +631,8 @@ class Pipeline:
     ) -> CurationResult:
         cfg = self.config
         out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"output {out} is a file; give a folder")
         items = discover_inputs(inputs, cfg)
         keys = [i.key for i in items]
         if len(set(keys)) != len(keys):
