@@ -1,6 +1,7 @@
-"""A LoRA trained by mugv-train, exported with ``mugv-train export --lora``, loaded by
-mugv-infer's ``load_lora_weights``: the DiT and the whole pipeline equal the merged model
-that mugv-train's own export writes (issue 18, item 3).
+"""Across the stack (the quickstart's tests drive every package): a LoRA trained by
+mugv-train, exported with ``export_lora`` (what ``mugv-train export --lora`` runs), loaded
+by mugv-infer's ``load_lora_weights``: the DiT and the whole pipeline equal the merged
+model that mugv-train's own export writes (issue 18, item 3).
 
 The two sides share no code: mugv-train merges W += (alpha / r) B A in Megatron's layout and
 converts W; the export converts A and B; diffusers/peft applies them unfused as
@@ -21,8 +22,7 @@ CHANNELS, TEXT_DIM = 24, 16  # the debug VAE's latent channels; small captions
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 3-step LoRA run (rank 4, alpha 8) on a randomised 'pretrained' DiT, exported by the
-    command line."""
+    """A 3-step LoRA run (rank 4, alpha 8) on a randomised 'pretrained' DiT, exported."""
     from mugv_dit import DiTConfig, MUGDiT
     from mugv_train import (
         CheckpointConfig,
@@ -31,10 +31,10 @@ def trained(tmp_path_factory):
         LoRAConfig,
         OptimConfig,
         TrainConfig,
+        export_lora,
         train,
         write_synthetic_shards,
-    )  # fmt: skip
-    from mugv_train.cli import main
+    )
 
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("lora")
@@ -60,8 +60,9 @@ def trained(tmp_path_factory):
         seed=1,
     )
     result = train(cfg)
-    assert main(["export", cfg.output_dir, "--lora", "--out", str(tmp / "adapter")]) == 0
-    return cfg, result, tmp / "adapter" / "lora.safetensors"
+    path = export_lora(cfg.output_dir, tmp / "adapter")  # reads the last checkpoint
+    assert path == tmp / "adapter" / "lora.safetensors"
+    return cfg, result, path
 
 
 def _pipeline(dit):
