@@ -392,6 +392,34 @@ def test_full_disk_and_unreadable_checkpoints(files, tmp_path, capsys, monkeypat
     assert meta["step"] == 2
 
 
+@pytest.mark.timeout(300)
+def test_sigterm_during_a_checkpoint_leaves_the_last_one_and_no_partial(
+    files, tmp_path, capsys, monkeypatch
+):
+    import mugv_train.checkpointing as ckpt
+
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    real = ckpt.atomic_torch_save
+
+    def killed(obj, path):
+        if Path(path).parent.name.startswith("step_00000004"):
+            real(obj, path)  # one file of the step-4 checkpoint is written, then SIGTERM
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(obj, path)
+
+    monkeypatch.setattr(ckpt, "atomic_torch_save", killed)
+    rc, err = _cli(["debug", "--shards", files / "shards", "--out", run, *TINY, "train_steps=4"],
+                   capsys)  # fmt: skip
+    assert rc == 143, err
+    assert err.strip().splitlines()[-1].startswith("mugv-train: terminated (SIGTERM)")
+    left = sorted(str(p.relative_to(run)) for p in (run / "checkpoints").rglob("*"))
+    assert not [p for p in left if ".partial" in p or p.endswith(".tmp")], left
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    assert torch.load(run / "checkpoints" / "step_00000002" / "model_tp0_pp0.pt",
+                      weights_only=True)  # fmt: skip
+
+
 # --------------------------------------------------------------------------- exit codes
 def test_exit_codes_debug_and_signals(capsys, monkeypatch):
     from mugv_train import NonFiniteLossError

@@ -213,6 +213,18 @@ def _check_resume(config: Any) -> None:
             )
 
 
+def _remove_partial_checkpoints(root: Path) -> None:
+    """After Ctrl-C or SIGTERM in a one-process run: the interrupted save's ``.partial``
+    folder goes (the complete checkpoints stay). Under torchrun other ranks may still be
+    writing; the next save removes stale ``.partial`` folders there."""
+    import shutil
+
+    if int(os.environ.get("WORLD_SIZE", "1")) != 1:
+        return
+    for partial in root.glob("step_*.partial") if root.is_dir() else []:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 # -- commands ---------------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> int:
     with _quiet_imports():
@@ -230,7 +242,11 @@ def _train(args: argparse.Namespace) -> int:
     with _quiet_imports():
         from mugv_train.loop import train
 
-    result = train(config)
+    try:
+        result = train(config)
+    except (KeyboardInterrupt, _Terminated):
+        _remove_partial_checkpoints(Path(config.output_dir) / "checkpoints")
+        raise
     if result.export_dir is not None:
         print(f"exported mugv-dit weights to {result.export_dir}")
     return 0
