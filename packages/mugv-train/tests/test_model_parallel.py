@@ -207,14 +207,39 @@ def test_every_layout_on_megatrons_engine_equals_one_process(megatron_tp1, tmp_p
         for rank, results in enumerate(per_rank):
             losses, final, _ = results[name]
             assert losses == pytest.approx(ref_losses, rel=1e-5, abs=1e-6), (name, rank)
+            if rank > 0:  # the full model is streamed to rank 0's CPU only
+                assert final == {}, (name, rank)
+                continue
             assert final.keys() == ref_final.keys()
             for k, v in ref_final.items():
                 assert_close(torch.from_numpy(final[k]), v, rtol=1e-4, atol=1e-5,
                              name=f"{name} rank {rank} {k}")  # fmt: skip
 
 
-def _train_cp2(rank: int, world: int, shards: str, out: str):
+def _no_prefetch(cfg):
+    """Read synchronously, so the samples read are exactly the samples consumed."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, prefetch=0))
+
+
+def _counting_reads():
+    """Patch ShardStream.load to count the samples this process reads; returns the list."""
+    from mugv_train.data_loading import ShardStream
+
+    reads: list[int] = []
+    real = ShardStream.load
+
+    def load(self, j):
+        reads.append(j)
+        return real(self, j)
+
+    ShardStream.load = load
+    return reads
+
+
+def _train_layouts(rank: int, world: int, shards: str, out: str, layouts: dict):
+    """train() per layout; the losses and the sample indices this rank read."""
     import warnings
+    from pathlib import Path
 
     warnings.filterwarnings("ignore")
     from train_helpers import tiny_train_config
@@ -222,9 +247,29 @@ def _train_cp2(rank: int, world: int, shards: str, out: str):
     from mugv_train import ParallelConfig, train
 
     torch.set_num_threads(1)
-    cfg = tiny_train_config(shards, out, steps=4)
-    cfg = dataclasses.replace(cfg, parallel=ParallelConfig(context_parallel=2))
-    return train(cfg).losses
+    results = {}
+    for name, layout in layouts.items():
+        reads = _counting_reads()
+        cfg = _no_prefetch(tiny_train_config(shards, Path(out) / name, steps=4))
+        cfg = dataclasses.replace(cfg, parallel=ParallelConfig(**layout))
+        losses = train(cfg).losses
+        results[name] = (losses, list(reads))
+    return results
+
+
+def _one_process_reads(shards, out) -> tuple[list[float], list[int]]:
+    from train_helpers import tiny_train_config
+
+    from mugv_train import train
+    from mugv_train.data_loading import ShardStream
+
+    real = ShardStream.load
+    try:
+        reads = _counting_reads()
+        losses = train(_no_prefetch(tiny_train_config(shards, out, steps=4))).losses
+    finally:
+        ShardStream.load = real
+    return losses, reads
 
 
 @pytest.mark.distributed
@@ -233,23 +278,24 @@ def test_train_with_context_parallel_matches_one_process(megatron_tp1, tmp_path)
     """train() with CP = 2 on Megatron's engine: both ranks read the same samples, draw the
     same noise, and the reduced gradients give the single-process losses; one copy of the
     model is saved, and one optimizer shard per CP rank (the distributed optimizer)."""
-    from train_helpers import tiny_shards, tiny_train_config
+    from train_helpers import tiny_shards
 
     from mugv_testing import run_distributed
-    from mugv_train import train
 
     torch.set_num_threads(1)
     shards = tiny_shards(tmp_path / "shards", frames=3, height=6, width=6)  # 27 + 2: padded
-    ref = train(tiny_train_config(shards, tmp_path / "cp1", steps=4)).losses
+    ref, ref_reads = _one_process_reads(shards, tmp_path / "cp1")
     per_rank = run_distributed(
-        _train_cp2,
+        _train_layouts,
         world_size=2,
-        args=(str(shards), str(tmp_path / "cp2")),
+        args=(str(shards), str(tmp_path), {"cp2": dict(context_parallel=2)}),
         timeout=280,
         cuda_shim=True,
     )
-    for losses in per_rank:
-        assert losses == pytest.approx(ref, rel=1e-5, abs=1e-7)
+    for results in per_rank:
+        assert results["cp2"][0] == pytest.approx(ref, rel=1e-5, abs=1e-7)
+    # one DP replica: CP rank 0 reads every sample once, CP rank 1 receives them
+    assert [r["cp2"][1] for r in per_rank] == [ref_reads, []]
     step = tmp_path / "cp2" / "checkpoints" / "step_00000004"
     assert sorted(p.name for p in step.glob("*.pt")) == [
         "model_tp0_pp0.pt",
@@ -257,6 +303,32 @@ def test_train_with_context_parallel_matches_one_process(megatron_tp1, tmp_path)
         "optim_tp0_pp0_dp0_cp1.pt",
         "trainer_dp0.pt",
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.timeout(400)
+def test_each_sample_is_read_once_per_replica_with_tp2_and_pp2(megatron_tp1, tmp_path):
+    """train() with TP = 2 and with PP = 2 (one DP replica of two ranks): only the first
+    rank reads samples, each exactly as often as one process reads it, the other receives
+    them by broadcast, and the losses equal one process's."""
+    from train_helpers import tiny_shards
+
+    from mugv_testing import run_distributed
+
+    torch.set_num_threads(1)
+    shards = tiny_shards(tmp_path / "shards")
+    ref, ref_reads = _one_process_reads(shards, tmp_path / "one")
+    assert ref_reads  # the reference read its samples
+    layouts = {"tp2": dict(tensor_parallel=2), "pp2": dict(pipeline_parallel=2)}
+    per_rank = run_distributed(
+        _train_layouts, world_size=2, args=(str(shards), str(tmp_path), layouts),
+        timeout=380, cuda_shim=True,
+    )  # fmt: skip
+    for name in layouts:
+        for results in per_rank:
+            assert results[name][0] == pytest.approx(ref, rel=1e-5, abs=1e-7), name
+        assert [r[name][1] for r in per_rank] == [ref_reads, []], name
 
 
 class _Interrupted(Exception):

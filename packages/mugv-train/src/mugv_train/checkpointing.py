@@ -280,20 +280,24 @@ def load_torch_dist(path: Path, sharded_template: dict[str, Any]) -> dict[str, A
     return dist_checkpointing.load(sharded_template, str(Path(path) / "dist"))
 
 
-def load_checkpoint(
-    path: Path,
-    *,
-    tp_rank: int,
-    dp_rank: int,
-    expect: dict[str, Any],
-    pp_rank: int = 0,
-    cp_rank: int = 0,
-    ema: bool = False,
-) -> dict[str, Any]:
-    """Read this rank's part of a checkpoint, checking that it fits the run.
+#: Meta fields of the parallel layout: the config field that sets each (the fix to name).
+_LAYOUT_FIELDS = {
+    "tensor_parallel": "parallel.tensor_parallel",
+    "pipeline_parallel": "parallel.pipeline_parallel",
+    "virtual_pipeline": "parallel.virtual_pipeline",
+    "context_parallel": "parallel.context_parallel",
+    "data_parallel": "the number of processes / (TP x CP x PP)",
+    "distributed_optimizer": "parallel.distributed_optimizer",
+}
 
-    ``expect`` holds the meta fields that must match (e.g. the DiTConfig and TP size); a
-    mismatch raises :class:`CheckpointError` naming the field.
+
+def check_checkpoint_meta(path: Path, expect: dict[str, Any], *, ema: bool = False) -> dict:
+    """Read ``path/meta.json`` and check it against ``expect`` (the run's meta fields);
+    returns the meta. Cheap (one JSON file): ``train`` calls it before building anything.
+
+    A torch_dist checkpoint loads under any TP / PP / CP layout (Megatron reshards it),
+    except its EMA, which is saved per model-parallel rank. A mismatch raises
+    :class:`CheckpointError` naming the field, both values and the setting to change.
     """
     path = Path(path)
     try:
@@ -310,13 +314,39 @@ def load_checkpoint(
         )
     reshardable = ("tensor_parallel", "pipeline_parallel", "context_parallel")
     for key, value in expect.items():
-        if meta.get("format") == "torch_dist" and key in reshardable:
+        if meta.get("format") == "torch_dist" and key in reshardable and not ema:
             continue  # torch_dist loads under any model-parallel layout
         if meta.get(key) != value:
+            if key in _LAYOUT_FIELDS and key in meta:
+                raise CheckpointError(
+                    f"checkpoint {path} was written with {key}={meta[key]!r}, this run has "
+                    f"{value!r}: set {_LAYOUT_FIELDS[key]} to {meta[key]!r} to resume it, or "
+                    "start a new output_dir"
+                )
             raise CheckpointError(
                 f"checkpoint {path} does not fit this run: {key} is {meta.get(key)!r} there and "
                 f"{value!r} here. Resume with the same settings, or start a new output_dir."
             )
+    return meta
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    tp_rank: int,
+    dp_rank: int,
+    expect: dict[str, Any],
+    pp_rank: int = 0,
+    cp_rank: int = 0,
+    ema: bool = False,
+) -> dict[str, Any]:
+    """Read this rank's part of a checkpoint, checking that it fits the run.
+
+    ``expect`` holds the meta fields that must match (e.g. the DiTConfig and TP size); a
+    mismatch raises :class:`CheckpointError` naming the field.
+    """
+    path = Path(path)
+    meta = check_checkpoint_meta(path, expect, ema=ema)
     trainer = path / f"trainer_dp{dp_rank}.pt"
     if not trainer.exists():
         raise CheckpointError(

@@ -252,3 +252,43 @@ class Prefetcher:
         if not ok:
             raise item
         return item
+
+
+class ReplicaBatches:
+    """The micro-batches of one data-parallel replica, read by one of its ranks and
+    broadcast to the others (Megatron's ``broadcast_data`` idea: every sample is read once
+    per replica, not once per TP / CP / PP rank).
+
+    ``source``: the batch iterator on the reading rank, None elsewhere. ``hops``: the
+    broadcasts this rank takes part in, in order, as (group, source global rank), e.g. over
+    the pipeline group among the TP/CP-rank-0 ranks, then over the TP x CP group. A batch
+    travels as a pickled object (tensors on CPU). An exception of the reader (a corrupt
+    shard set, the end of the data) is broadcast too and raised on every rank, so no rank
+    waits for a batch that never comes.
+    """
+
+    def __init__(self, source: Iterator[Batch] | None, hops: list[tuple[Any, int]]) -> None:
+        self.source, self.hops = source, hops
+
+    def __iter__(self) -> ReplicaBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        import torch.distributed as dist
+
+        item: tuple[bool, Any] | None = None
+        if self.source is not None:
+            try:
+                item = (True, next(self.source))
+            except BaseException as exc:  # re-raised on every rank below
+                item = (False, exc)
+        for group, src in self.hops:
+            box = [item if dist.get_rank() == src else None]
+            dist.broadcast_object_list(box, src=src, group=group)
+            item = box[0]
+        if item is None:
+            raise RuntimeError("this rank neither reads batches nor receives them")
+        ok, value = item
+        if not ok:
+            raise value
+        return value

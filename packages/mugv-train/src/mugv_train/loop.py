@@ -1,9 +1,12 @@
 """`train(config)`: the training loop, the same code on a CPU and on a GPU cluster.
 
-One step (per data-parallel rank): take a bucketed micro-batch, draw tasks, timesteps and
-noise from a generator seeded by (seed, step, DP rank) (so a resumed run draws the same
-numbers), noise the latents, predict the velocity, compute the objective, all-reduce the
-gradients over the DP group, clip, step AdamW, update the EMA, log, and checkpoint.
+One step (per data-parallel replica): take its bucketed micro-batches (read by one rank of
+the replica and broadcast to the others), draw tasks, timesteps and noise from a generator
+seeded by (seed, step, DP rank, micro-batch) (so a resumed run draws the same numbers),
+noise the latents, then Megatron's engine (``_engine.py``): the pipeline schedule's forward
+and backward of the objective, ``finalize_model_grads``, the (distributed) optimizer step
+with clipping; then the EMA update, logging and checkpoints. Layout, backend and the
+checkpoint to resume are checked before anything is built.
 A NaN/inf loss skips the step (counted); ``max_nonfinite_steps`` in a row stop the run.
 """
 
@@ -22,10 +25,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from mugv_train._engine import build_engine, forward_only
+from mugv_train._engine import build_engine, cuda_calls_work, forward_only
 from mugv_train.checkpointing import (
     CheckpointError,
     CheckpointMismatchError,
+    check_checkpoint_meta,
     latest_checkpoint,
     load_checkpoint,
     load_torch_dist,
@@ -33,7 +37,13 @@ from mugv_train.checkpointing import (
     save_torch_dist,
 )
 from mugv_train.config import TrainConfig
-from mugv_train.data_loading import Batch, Prefetcher, ShardStream, open_shard_roots
+from mugv_train.data_loading import (
+    Batch,
+    Prefetcher,
+    ReplicaBatches,
+    ShardStream,
+    open_shard_roots,
+)
 from mugv_train.ema import OnlineEMA
 from mugv_train.flops import dit_flops_per_sample, peak_flops
 from mugv_train.objectives import (
@@ -56,6 +66,8 @@ from mugv_train.parallel import (
     megatron_to_dit,
     seed_everything,
 )
+from mugv_train.parallel._checks import check_backend, check_layout
+from mugv_train.parallel._loading import can_stream, load_sharded
 from mugv_train.parallel._model import load_stage_state_dict, stage_state_dict
 from mugv_train.parallel._state import (
     cp_rank_and_size,
@@ -122,6 +134,17 @@ def _initial_dit_state(config: TrainConfig) -> dict[str, torch.Tensor]:
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         return MUGDiT(config.model).state_dict()
+
+
+def _load_initial(chunks: list[MegatronMUGDiT], config: TrainConfig, source: str) -> None:
+    """Weights of this rank's chunks: a local mugv-dit folder or official ``dit.pt`` is read
+    shard by shard (only this rank's layers and TP slices, :func:`load_sharded`); a Hub id
+    or a fresh init (``source`` empty) is built in full on CPU, then sharded."""
+    if source and can_stream(source):
+        load_sharded(chunks, source, config.model)
+        return
+    state = _initial_dit_state(dataclasses.replace(config, init_from=source))
+    load_full_state_dict(chunks, dit_to_megatron(state, config.model.num_heads))
 
 
 class _Logger:
@@ -364,16 +387,40 @@ def export_mugv_dit(
 
 
 def _build_chunks(config: TrainConfig, device: torch.device) -> list[MegatronMUGDiT]:
-    """This rank's model chunks (one per virtual pipeline stage)."""
+    """This rank's model chunks (one per virtual pipeline stage): its TP shards of its
+    stages' layers only, left uninitialised (the initial weights are loaded next)."""
     return [
-        MegatronMUGDiT(config.model, config.parallel, vp_stage=v).to(device)
+        MegatronMUGDiT(config.model, config.parallel, vp_stage=v, init_weights=False).to(device)
         for v in range(config.parallel.virtual_pipeline)
     ]
+
+
+def _replica_batches(stream: ShardStream, config: TrainConfig) -> ReplicaBatches:
+    """This DP replica's micro-batches: read (and prefetched) on its pipeline-first,
+    TP/CP-rank-0 rank only, then broadcast over the pipeline group (among the TP/CP-rank-0
+    ranks) and over the TP x CP group, so each sample is read once per replica."""
+    from megatron.core import parallel_state as ps
+
+    tp_cp = ps.get_tensor_and_context_parallel_group()
+    tp_cp_rank = ps.get_tensor_and_context_parallel_rank()
+    hops = []
+    if ps.get_pipeline_model_parallel_world_size() > 1 and tp_cp_rank == 0:
+        hops.append(
+            (ps.get_pipeline_model_parallel_group(), ps.get_pipeline_model_parallel_first_rank())
+        )
+    if ps.get_tensor_and_context_parallel_world_size() > 1:
+        hops.append((tp_cp, dist.get_global_rank(tp_cp, 0)))
+    reads = tp_cp_rank == 0 and ps.is_pipeline_first_stage(ignore_virtual=True)
+    source = Prefetcher(iter(stream), config.data.prefetch) if reads else None
+    return ReplicaBatches(source, hops)
 
 
 def train(config: TrainConfig) -> TrainResult:
     """Run (or resume) the training described by ``config``. Call it from torchrun or plain Python."""
     out = Path(config.output_dir)
+    # the layout and the backend, checked before any process group, model or data
+    check_backend(config.parallel)
+    check_layout(config.model, config.parallel, microbatches=config.data.microbatches)
     rank, _ = init_distributed(config.parallel)
     tp_rank, _ = tp_rank_and_size()
     pp_rank, _ = pp_rank_and_size()
@@ -381,24 +428,32 @@ def train(config: TrainConfig) -> TrainResult:
     dp_rank, dp_size = data_parallel_rank_and_size()
     seed_everything(config.seed)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    # the checkpoint to resume from must fit this layout: checked before the model is built
+    ckpt_root = out / "checkpoints"
+    meta = {
+        "model": config.model.to_dict(),
+        "tensor_parallel": config.parallel.tensor_parallel,
+        "pipeline_parallel": config.parallel.pipeline_parallel,
+        "virtual_pipeline": config.parallel.virtual_pipeline,
+        "context_parallel": config.parallel.context_parallel,
+        "data_parallel": dp_size,
+        "distributed_optimizer": cuda_calls_work() and config.parallel.distributed_optimizer,
+        "lora": dataclasses.asdict(config.lora) if config.lora else None,
+    }
+    latest = latest_checkpoint(ckpt_root) if config.checkpoint.resume else None
+    if latest is not None:
+        check_checkpoint_meta(latest, meta, ema=config.ema is not None)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         config.to_json(out / "config.json")
 
-    # model (every rank builds its TP shard of its stages from the same full weights)
+    # model: this rank's TP shards of its stages, then their initial weights
     chunks = _build_chunks(config, device)
-    initial = dit_to_megatron(_initial_dit_state(config), config.model.num_heads)
-    load_full_state_dict(chunks, initial)
+    _load_initial(chunks, config, config.init_from)
     ref_chunks = None
     if config.objective.kind != "flow":
         ref_chunks = _build_chunks(config, device)
-        ref_state = initial
-        if config.reference_from:
-            ref_state = dit_to_megatron(
-                _initial_dit_state(dataclasses.replace(config, init_from=config.reference_from)),
-                config.model.num_heads,
-            )
-        load_full_state_dict(ref_chunks, ref_state)
+        _load_initial(ref_chunks, config, config.reference_from or config.init_from)
         for chunk in ref_chunks:
             chunk.requires_grad_(False).eval()
     if config.lora is not None:
@@ -453,21 +508,8 @@ def train(config: TrainConfig) -> TrainResult:
     null_text = null_text_embedding(config)
 
     # resume
-    ckpt_root = out / "checkpoints"
     history: list[dict[str, float]] = []
     start, skipped_nonfinite, skipped_corrupt = 0, 0, 0
-    meta = {
-        "model": config.model.to_dict(),
-        "tensor_parallel": config.parallel.tensor_parallel,
-        "pipeline_parallel": config.parallel.pipeline_parallel,
-        "virtual_pipeline": config.parallel.virtual_pipeline,
-        "context_parallel": config.parallel.context_parallel,
-        "data_parallel": dp_size,
-        "distributed_optimizer": type(engine).__name__ == "MegatronEngine"
-        and config.parallel.distributed_optimizer,
-        "lora": dataclasses.asdict(config.lora) if config.lora else None,
-    }
-    latest = latest_checkpoint(ckpt_root) if config.checkpoint.resume else None
     if latest is not None:
         ck = load_checkpoint(
             latest, tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, cp_rank=cp_rank,
@@ -493,7 +535,7 @@ def train(config: TrainConfig) -> TrainResult:
         if ema is not None:
             ema.load_state_dict(ck["ema"])
 
-    batches = Prefetcher(iter(stream), config.data.prefetch)
+    batches = _replica_batches(stream, config)
     log = _Logger(config, rank)
     log.progress(config, start)
     peak = peak_flops(device)

@@ -131,6 +131,27 @@ def megatron_to_dit(state: dict[str, torch.Tensor], num_heads: int) -> dict[str,
     return out
 
 
+def megatron_key_to_dit(key: str) -> str:
+    """The mugv-dit / official name of one Megatron key (names only; no re-ordering)."""
+    m = re.match(r"decoder\.layers\.(\d+)\.(.*)", key)
+    if m:
+        i, rest = m.groups()
+        if rest == "scale_shift_table.bias":
+            return f"blocks.{i}.scale_shift_table"
+        new = next((o + rest[len(n) :] for o, n in _BLOCK if rest.startswith(n)), None)
+        if new is None:
+            raise KeyError(f"no mugv-dit name for Megatron key {key!r}")
+        return f"blocks.{i}.{new}"
+    if key in ("start_token", "end_token"):
+        return key
+    if key == "final_layer.scale_shift_table.bias":
+        return "final_layer.scale_shift_table"
+    new = next((o + key[len(n) :] for o, n in _TOP_LEVEL if key.startswith(n)), None)
+    if new is None:
+        raise KeyError(f"no mugv-dit name for Megatron key {key!r}")
+    return new
+
+
 def _split_dim(key: str) -> int | None:
     parts = key.split(".")
     if len(parts) < 2:

@@ -19,6 +19,7 @@ every tensor-parallel rank whole heads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -442,8 +443,22 @@ class MUGDiTBlockStack(MegatronModule):
     def forward(self, x: torch.Tensor, *args: Any) -> torch.Tensor:
         recompute = self.config.recompute_granularity == "full" and self.training
         for layer in self.layers:
+            run = partial(_run_layer, layer)
             if recompute and torch.is_grad_enabled():
-                x = checkpoint(layer, x, *args, use_reentrant=False)
+                x = checkpoint(run, x, *args, use_reentrant=False)
             else:
-                x = layer(x, *args)
+                x = run(x, *args)
         return x
+
+
+def _run_layer(layer: MUGDiTLayer, x: torch.Tensor, *args: Any) -> torch.Tensor:
+    """One layer inside Megatron's FP8 context (``fp8_utils.get_fp8_context``: TE's
+    ``fp8_autocast`` with the config's recipe and the amax-reduction group when
+    ``TransformerConfig.fp8`` is set, a no-op otherwise), as Megatron's TransformerBlock
+    enters it per layer (``layer_number`` is 1-based, the context takes the 0-based global
+    index so that ``first_last_layers_bf16`` applies). Under full recompute the context is
+    re-entered by the recomputed forward, so it runs the same FP8 GEMMs."""
+    from megatron.core.fp8_utils import get_fp8_context
+
+    with get_fp8_context(layer.config, layer.layer_number - 1):
+        return layer(x, *args)

@@ -212,13 +212,26 @@ class MegatronMUGDiT(MegatronModule):
     """
 
     def __init__(
-        self, model: DiTConfig, parallel: ParallelConfig | None = None, vp_stage: int = 0
+        self,
+        model: DiTConfig,
+        parallel: ParallelConfig | None = None,
+        vp_stage: int = 0,
+        *,
+        init_weights: bool = True,
     ) -> None:
         from megatron.core import parallel_state as ps
         from megatron.core.enums import ModelType
 
+        from mugv_train.parallel._checks import check_backend, check_layout
+
         parallel = parallel or ParallelConfig()
+        check_backend(parallel)
+        check_layout(model, parallel, world_size=parallel.model_parallel)
         config = megatron_transformer_config(model, parallel)
+        # init_weights=False: the weights are loaded right after (train()); Megatron then
+        # allocates each rank's shards without initialising them (no full master weight
+        # per linear, as its CPU initialisation would build)
+        config.perform_initialization = init_weights
         super().__init__(config=config)
         self.model_type = ModelType.encoder_or_decoder
         self.share_embeddings_and_output_weights = False  # no word embedding to tie
@@ -322,11 +335,17 @@ class MegatronMUGDiT(MegatronModule):
             sp_rank,
         )
 
+    def _fp8_rows(self) -> int:
+        """Row multiple of FP8 GEMM inputs (TE: 16), 1 without FP8."""
+        return _FP8_ALIGN if self.config.fp8 else 1
+
     def padded_length(self, x: torch.Tensor) -> int:
-        """Tokens [start, video, end] of input x, padded to a multiple of CP x SP."""
+        """Tokens [start, video, end] of input x, padded to a multiple of CP x SP (x 16
+        with FP8, so that every rank's rows fit TE's FP8 GEMMs)."""
         gt, gh, gw = self._grid(x)
         cp, _, sp, _ = self._shards()
-        return -(-(gt * gh * gw + 2) // (cp * sp)) * (cp * sp)
+        unit = cp * sp * self._fp8_rows()
+        return -(-(gt * gh * gw + 2) // unit) * unit
 
     def forward(
         self,
@@ -374,11 +393,11 @@ class MegatronMUGDiT(MegatronModule):
             else text_mask.bool()
         )
         context = self.context_embedder(text.to(dtype)).transpose(0, 1)  # [S, B, D]
+        s_pad = (-s) % (sp * self._fp8_rows())  # masked caption padding (SP split, FP8 rows)
+        if s_pad:
+            context = F.pad(context, (0, 0, 0, 0, 0, s_pad))
+            tmask = F.pad(tmask, (0, s_pad), value=False)
         if sp > 1:  # split over TP like the tokens; Megatron's kv linear gathers it back
-            s_pad = (-s) % sp
-            if s_pad:
-                context = F.pad(context, (0, 0, 0, 0, 0, s_pad))
-                tmask = F.pad(tmask, (0, s_pad), value=False)
             context = scatter_to_sequence_parallel_region(context)
         # 3. per-token choice of t / t0 modulation (§A.4) and the 3D RoPE angles
         frame_mask = (
@@ -452,6 +471,7 @@ class MegatronMUGDiT(MegatronModule):
         return out[:, :, :t, :hgt, :wid]
 
 
+_FP8_ALIGN = 16  # TE's FP8 GEMMs take inputs whose rows are a multiple of 16
 _SHARED = ("timestep_embedder.", "fps_embedder.", "timestep_block.", "context_embedder.")
 _STAGE_KEYS = ("x_embedder.", "start_token", "end_token", "final_layer.")
 
@@ -555,35 +575,70 @@ def load_stage_state_dict(model, state: dict[str, torch.Tensor]) -> tuple[list, 
     return sorted(set(missing)), sorted(set(state) - used)
 
 
+def _layer_group(key: str) -> int:
+    """The global layer of a key (-1 for the parts outside the decoder)."""
+    m = re.match(r"decoder\.layers\.(\d+)\.", key)
+    return int(m.group(1)) if m else -1
+
+
 def full_state_dict(model) -> dict[str, torch.Tensor]:
-    """Gather the tensor-parallel shards and pipeline stages into one full (TP 1) Megatron
-    state dict with global layer numbers (collective: every rank calls it, all get it)."""
+    """The full (TP 1) Megatron state dict with global layer numbers, on global rank 0's
+    CPU; every other rank gets ``{}`` (collective: every rank calls it).
+
+    Streamed, never gathered onto every device: on the ranks of data-parallel and context
+    -parallel rank 0, each tensor's TP shards are gathered onto TP rank 0 one tensor at a
+    time and moved to its CPU there (device memory: one tensor x TP); each later pipeline
+    stage then sends its tensors to the first stage's rank one layer at a time
+    (point-to-point). Only rank 0 ever holds the whole model, in CPU memory.
+    """
     import torch.distributed as dist
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state as ps
 
     from mugv_train.parallel._convert import merge_tensor_parallel
 
-    local = {k: v.detach() for k, v in stage_state_dict(model).items()}
-    size = parallel_state.get_tensor_model_parallel_world_size()
-    if size == 1:
-        merged = {k: v.clone() for k, v in local.items()}
+    local = stage_state_dict(model)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return {k: v.detach().cpu().clone() for k, v in local.items()}
+    if ps.get_data_parallel_rank() != 0 or ps.get_context_parallel_rank() != 0:
+        return {}  # replicas of what DP rank 0, CP rank 0 holds
+    tp_size = ps.get_tensor_model_parallel_world_size()
+    tp_rank = ps.get_tensor_model_parallel_rank()
+    merged: dict[str, torch.Tensor] = {}
+    if tp_size == 1:
+        merged = {k: v.detach().cpu().clone() for k, v in local.items()}
     else:
-        group = parallel_state.get_tensor_model_parallel_group()
-        shards: list[dict[str, torch.Tensor]] = [{} for _ in range(size)]
-        for key, value in local.items():
-            parts = [torch.empty_like(value) for _ in range(size)]
-            dist.all_gather(parts, value.contiguous(), group=group)
-            for r in range(size):
-                shards[r][key] = parts[r]
-        merged = merge_tensor_parallel(shards)
-    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        group = ps.get_tensor_model_parallel_group()
+        dst = dist.get_global_rank(group, 0)
+        for key, value in local.items():  # same keys, same order on every TP rank
+            value = value.detach().contiguous()
+            parts = [torch.empty_like(value) for _ in range(tp_size)] if tp_rank == 0 else None
+            dist.gather(value, parts, dst=dst, group=group)
+            if tp_rank == 0:
+                shards = [{key: part.cpu()} for part in parts]
+                merged[key] = merge_tensor_parallel(shards)[key]
+    if tp_rank != 0:
+        return {}
+    pp_size = ps.get_pipeline_model_parallel_world_size()
+    if pp_size == 1:
         return merged
-    stages: list = [None] * parallel_state.get_pipeline_model_parallel_world_size()
-    cpu = {k: v.cpu() for k, v in merged.items()}
-    dist.all_gather_object(stages, cpu, group=parallel_state.get_pipeline_model_parallel_group())
-    device = next(iter(merged.values())).device
-    full: dict[str, torch.Tensor] = {}
-    for stage in stages:
-        for k, v in stage.items():
-            full.setdefault(k, v.to(device))
+    group = ps.get_pipeline_model_parallel_group()
+    pp_rank = ps.get_pipeline_model_parallel_rank()
+    first = dist.get_global_rank(group, 0)
+    layers = sorted({_layer_group(k) for k in merged})
+    if pp_rank != 0:  # send this stage's layers, one message per layer
+        dist.send_object_list([layers], dst=first, group=group)
+        for layer in layers:
+            part = {k: v for k, v in merged.items() if _layer_group(k) == layer}
+            dist.send_object_list([part], dst=first, group=group)
+        return {}
+    full = dict(merged)
+    for stage in range(1, pp_size):
+        src = dist.get_global_rank(group, stage)
+        box: list = [None]
+        dist.recv_object_list(box, src=src, group=group)
+        for _ in box[0]:
+            part: list = [None]
+            dist.recv_object_list(part, src=src, group=group)
+            for k, v in part[0].items():
+                full.setdefault(k, v)  # the conditioning embedders: stage 0's copy
     return full
