@@ -146,3 +146,22 @@ def test_qk_norm_rope_fp32_gradcheck_float64():
     torch.testing.assert_close(
         qk_norm_rope_fp32(x, w, cos, sin, 1e-6), qk_norm_rope_ref(x, w, cos, sin, 1e-6)
     )
+
+
+def test_trailing_text_padding_is_skipped_exactly():
+    """Caption positions padded in every sample are cut before the text MLP; the reference
+    is each sample run alone on its valid tokens only (no mask: the unmasked attention
+    path), and the padded values must not matter."""
+    model = tiny_model(seed=4)
+    x, t, text, _ = tiny_inputs(S=9)
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    mask[0, :3] = True
+    mask[1, :5] = True  # positions 5..8 are padding in both samples
+    junk = text.clone()
+    junk[0, 3:] = 1e3
+    junk[1, 5:] = -1e3
+    out = model(x, t, text, mask)
+    torch.testing.assert_close(model(x, t, junk, mask), out, rtol=0, atol=0)
+    for b, n in ((0, 3), (1, 5)):
+        alone = model(x[b : b + 1], t[b : b + 1], text[b : b + 1, :n])
+        torch.testing.assert_close(out[b : b + 1], alone, rtol=1e-5, atol=1e-5)

@@ -249,6 +249,13 @@ class MUGDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
                     f"samples {empty} have no valid text token in text_mask; every caption "
                     "needs at least one token (T5 always keeps its EOS)"
                 )
+            # Caption positions that are padding in every sample, at the end, are dropped:
+            # cross-attention gives a masked key weight exactly 0, so the output and every
+            # gradient are unchanged, and the text MLP (E = 4096 wide), the k/v projections
+            # and the cross-attention skip them (T5 pads captions to 300 tokens).
+            last = int(text_mask.any(0).nonzero().max()) + 1
+            if last < S:
+                text, text_mask = text[:, :last], text_mask[:, :last]
             if bool(text_mask.all()):
                 text_mask = None  # nothing to mask: take the unmasked attention path
         if fps is None:
@@ -334,7 +341,8 @@ class MUGDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         t_vec = t_vec + self.fps_embedder(fps.to(dtype))[:, None]
         t_mlp = self.t_block(t_vec)  # [B, 2, 6D]
 
-        # 3. text embedding (padding tokens are masked out in cross-attention)
+        # 3. text embedding (padding tokens are masked out in cross-attention; trailing
+        #    padding common to the batch was cut in _check_inputs)
         y = self.y_embedder(text.to(dtype))
 
         # 4. start/end tokens; per-token choice of t (generated) or t0 (clean, start/end)

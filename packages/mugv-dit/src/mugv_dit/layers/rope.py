@@ -63,23 +63,19 @@ def apply_rope_3d(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return apply_rope_ref(x, cos, sin).to(x.dtype)
 
 
-def _rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B or 1, L, K/2] cos/sin -> interleaved C = (c, c) and S = (-s, s): [B or 1, L, 1, K]."""
-    c = cos.repeat_interleave(2, dim=-1)[:, :, None]
-    s = torch.stack((-sin, sin), dim=-1).flatten(-2)[:, :, None]
-    return c, s
-
-
-def _swap_pairs(x: torch.Tensor) -> torch.Tensor:
-    """(x0, x1, x2, x3, ...) -> (x1, x0, x3, x2, ...) over the last dim."""
-    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+def _as_pairs(x: torch.Tensor) -> torch.Tensor:
+    """[..., K] float (last dim contiguous) -> [..., K/2] complex view of the pairs."""
+    return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
 
 
 class _QKNormRope(torch.autograd.Function):
     """RMSNorm (weight [K]) then the pair rotation, with a hand-written backward.
 
-    Forward: r = (mean(x^2) + eps)^-1/2, xn = x r, u = xn w, y = u C + swap(u) S.
-    Backward: du = g C + swap(g S); dw = sum(du xn); dxn = du w;
+    Each pair (even, odd) is one complex number; the rotation is one complex product with
+    rot = cos + i sin: (e + i o)(c + i s) = (e c - o s) + i (e s + o c), the reference's
+    products and sums.
+    Forward: r = (mean(x^2) + eps)^-1/2, xn = x r, u = xn w, y = u rot.
+    Backward: du = g conj(rot) (the inverse rotation); dw = sum(du xn); dxn = du w;
     dx = r (dxn - xn mean(dxn xn)).
     """
 
@@ -87,15 +83,15 @@ class _QKNormRope(torch.autograd.Function):
     def forward(ctx, x, weight, cos, sin, eps):  # type: ignore[override]
         r = torch.rsqrt(x.square().mean(-1, keepdim=True).add_(eps))
         xn = x * r
-        u = xn * weight
-        c, s = _rope_tables(cos, sin)
-        ctx.save_for_backward(xn, r, weight, c, s)
-        return torch.addcmul(u * c, _swap_pairs(u), s)
+        u = xn * weight  # a fresh contiguous tensor: its pairs view as complex numbers
+        rot = torch.complex(cos, sin)[:, :, None]  # [B or 1, L, 1, K/2]
+        ctx.save_for_backward(xn, r, weight, rot)
+        return torch.view_as_real(_as_pairs(u) * rot).flatten(-2)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        xn, r, weight, c, s = ctx.saved_tensors
-        du = torch.addcmul(_swap_pairs(g * s), g, c)
+        xn, r, weight, rot = ctx.saved_tensors
+        du = torch.view_as_real(_as_pairs(g.contiguous()) * rot.conj()).flatten(-2)
         dw = (du * xn).flatten(0, -2).sum(0) if ctx.needs_input_grad[1] else None
         dxn = du * weight
         dot = (dxn * xn).mean(-1, keepdim=True)
@@ -107,14 +103,12 @@ def qk_norm_rope_fp32(
     x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float
 ) -> torch.Tensor:
     """RMSNorm over the head dim then 3D RoPE, for float32 on the CPU: the maths of
-    ``kernels.reference.qk_norm_rope_ref`` in seven tensor ops forward and about ten
+    ``kernels.reference.qk_norm_rope_ref`` in six tensor ops forward and about eight
     backward (the reference's autograd graph has three times as many).
 
-    The pair rotation (even * c - odd * s, even * s + odd * c) is written as
-    ``u * C + swap(u) * S`` with C = (c, c), S = (-s, s) interleaved and swap(u) =
-    (odd, even): the same products and sums, so equal to the reference up to float32
-    rounding. x: [B, L, N, K] float32 (any strides); weight: [K]; cos, sin: [B or 1, L,
-    K/2]. Returns [B, L, N, K].
+    The pair rotation is one complex product per pair (see ``_QKNormRope``), equal to the
+    reference up to float32 rounding. x: [B, L, N, K] float32 (any strides); weight: [K];
+    cos, sin: [B or 1, L, K/2]. Returns [B, L, N, K].
     """
     return _QKNormRope.apply(x, weight, cos, sin, eps)
 
