@@ -50,3 +50,47 @@ def test_causal_conv3d_equals_pad_then_conv(k, stride, bias, frames):
     grads_ref = torch.autograd.grad(ref, (x, m.conv.weight), g)
     for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def _debug_vae(**fields):
+    from mugv_vae import VAEConfig, VideoVAE
+
+    torch.manual_seed(0)
+    model = VideoVAE(VAEConfig.preset("debug").replace(**fields)).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # noise on every weight: no zero-initialised layer hides a path
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("frames", "fields"),
+    [
+        pytest.param(9, {}, id="N9"),
+        pytest.param(17, {"micro_frame_size": 8}, id="N17-chunks-of-8"),
+        pytest.param(9, {"tile_latent_size": 2, "tile_latent_overlap": 1}, id="N9-exact-tiles"),
+        pytest.param(
+            9,
+            {"tile_latent_size": 3, "tile_latent_overlap": 1, "tile_mode": "blend"},
+            id="N9-blend-tiles",
+        ),
+    ],
+)
+def test_replicated_first_frame_runs_the_trunk_once(frames, fields):
+    """N = 1 (mod 8): the trunk runs once for frame 0 and its features are replicated; the
+    reference is the clip with the 7 copies of frame 0 put in front as pixels (N + 7 = 0
+    mod 8, so no replication), which the model encodes frame by frame."""
+    model = _debug_vae(**fields)
+    g = torch.Generator().manual_seed(2)
+    video = torch.rand(1, 3, frames, 24, 24, generator=g) * 2 - 1
+    padded = torch.cat([video[:, :, :1].expand(-1, -1, 7, -1, -1), video], dim=2)
+    with torch.no_grad():
+        mean, logvar = model.encode_moments(video)
+        mean_ref, logvar_ref = model.encode_moments(padded)
+    torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logvar, logvar_ref, rtol=1e-5, atol=1e-5)
+    if "tile_latent_size" not in fields:  # trunk_features is untiled
+        torch.testing.assert_close(
+            model.trunk_features(video), model.trunk_features(padded), rtol=1e-5, atol=1e-5
+        )

@@ -5,7 +5,8 @@ T latent frames, H/W pixel height/width, h/w latent height/width (H // 8, W // 8
 
 Encode, per micro-chunk of frames (reference §B.4, paper §3.1.2):
   1. replicate frame 0 seven times when N = 1 (mod 8);
-  2. 2D trunk per frame in micro-batches, times 0.18215 -> [B, 512, N, h, w];
+  2. 2D trunk per frame in micro-batches, times 0.18215 -> [B, 512, N, h, w] (the trunk
+     is per frame, so frame 0 runs once and its features are replicated);
   3. zero-pad the chunk's front to a multiple of 8, split into 8-frame groups, each group
      its own batch item (minimal encoding) -> temporal encoder -> quant_conv -> moments;
   4. posterior mean (or a sample drawn with a CPU generator), then (z - shift) / scale.
@@ -22,6 +23,7 @@ and the chunk, not on the frame size or the clip length.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -175,9 +177,10 @@ class VideoVAE(ModelMixin, ConfigMixin):
     # building blocks (untiled)
     # ------------------------------------------------------------------------------------
     def _spatial_encode(
-        self, frames: torch.Tensor, runner: TiledRunner | None = None
+        self, frames: torch.Tensor, runner: TiledRunner | None = None, replicate: int = 0
     ) -> torch.Tensor:
-        """[B, 3, N, H, W] -> [B, 512, N, h, w] times the scaling factor, micro-batched."""
+        """[B, 3, N, H, W] -> [B, 512, replicate + N, h, w] times the scaling factor,
+        micro-batched; ``replicate`` copies of frame 0's features in front (§B.4)."""
         b, _, n, hh, ww = frames.shape
         flat = frames.transpose(1, 2).reshape(b * n, 3, hh, ww)
         enc = self.spatial_vae.module.encoder
@@ -189,7 +192,11 @@ class VideoVAE(ModelMixin, ConfigMixin):
             y = enc(x) if runner is None else runner.encoder2d(enc, x)
             outs.append(y * self.config.scaling_factor)
         feats = torch.cat(outs)
-        return feats.reshape(b, n, *feats.shape[1:]).transpose(1, 2)
+        feats = feats.reshape(b, n, *feats.shape[1:]).transpose(1, 2)
+        if replicate:
+            first = feats[:, :, :1].expand(-1, -1, replicate, -1, -1)
+            feats = torch.cat([first, feats], dim=2)
+        return feats
 
     def _spatial_decode(
         self, feats: torch.Tensor, runner: TiledRunner | None = None
@@ -233,10 +240,19 @@ class VideoVAE(ModelMixin, ConfigMixin):
         return runner.temporal_decoder(tv.decoder, runner.conv(z, tv.post_quant_conv))
 
     def _encode_region(
-        self, frames: torch.Tensor, runner: TiledRunner | None = None
+        self, frames: torch.Tensor, runner: TiledRunner | None = None, replicate: int = 0
     ) -> torch.Tensor:
         """One micro-chunk (possibly one tile): pixels -> moments."""
-        return self._temporal_encode(self._spatial_encode(frames, runner), runner)
+        return self._temporal_encode(self._spatial_encode(frames, runner, replicate), runner)
+
+    @staticmethod
+    def _chunk_frames(
+        video: torch.Tensor, plan: FramePlan, s: int, e: int
+    ) -> tuple[torch.Tensor, int]:
+        """Micro-chunk [s, e) of the replicated frame grid as (original frames, number of
+        frame-0 replicas in front of them)."""
+        r = plan.replicate
+        return video[:, :, max(s - r, 0) : e - r], max(min(e, r) - s, 0)
 
     def _decode_region(
         self,
@@ -316,24 +332,22 @@ class VideoVAE(ModelMixin, ConfigMixin):
         Un-normalised (before shift/scale); logvar clamped to [-30, 20]. Differentiable.
         """
         video = self._check_video(video).to(self.dtype)
+        # N = 1 (mod 8): 7 extra copies of frame 0 in front (§B.4), as features (plan.replicate)
         plan = frame_plan(video.shape[2], self.config.micro_frame_size)
-        if plan.replicate:  # N = 1 (mod 8): 7 extra copies of frame 0 (§B.4)
-            first = video[:, :, :1].expand(-1, -1, plan.replicate, -1, -1)
-            video = torch.cat([first, video], dim=2)
         hh, ww = video.shape[-2:]
         moments = []
         for s, e in plan.chunks:  # micro-chunks: groups never cross them (minimal encoding)
-            chunk = video[:, :, s:e]
+            chunk, rep = self._chunk_frames(video, plan, s, e)
             mode = self._tile_mode(hh // SPACE_FACTOR, ww // SPACE_FACTOR)
             if mode is None:
-                moments.append(self._encode_region(chunk))
+                moments.append(self._encode_region(chunk, replicate=rep))
             elif mode == "exact":
                 runner = self._runner(hh // SPACE_FACTOR, ww // SPACE_FACTOR)
-                moments.append(self._encode_region(chunk, runner).to(video.device))
+                moments.append(self._encode_region(chunk, runner, rep).to(video.device))
             else:
                 moments.append(
                     self._tiled(
-                        self._encode_region,
+                        functools.partial(self._encode_region, replicate=rep),
                         chunk,
                         2 * self.latent_channels,
                         -(-(e - s) // TIME_FACTOR),
@@ -356,12 +370,10 @@ class VideoVAE(ModelMixin, ConfigMixin):
         ``_temporal_encode`` of them gives :meth:`encode_moments`. Untiled."""
         video = self._check_video(video).to(self.dtype)
         plan = frame_plan(video.shape[2], self.config.micro_frame_size)
-        if plan.replicate:
-            first = video[:, :, :1].expand(-1, -1, plan.replicate, -1, -1)
-            video = torch.cat([first, video], dim=2)
         feats = []
         for s, e in plan.chunks:
-            f = self._spatial_encode(video[:, :, s:e])
+            chunk, rep = self._chunk_frames(video, plan, s, e)
+            f = self._spatial_encode(chunk, replicate=rep)
             pad = (-(e - s)) % TIME_FACTOR
             if pad:
                 f = torch.cat([f.new_zeros(*f.shape[:2], pad, *f.shape[3:]), f], dim=2)
