@@ -230,17 +230,6 @@ def convert_official_checkpoint(
 
 
 # -- the Hub ---------------------------------------------------------------------------
-def _hub_download(repo_id: str, filename: str, **kwargs: Any) -> str | None:
-    """Download one file; None when the repo (or the offline cache) does not have it."""
-    import huggingface_hub
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    try:
-        return huggingface_hub.hf_hub_download(repo_id, filename, **kwargs)
-    except (EntryNotFoundError, LocalEntryNotFoundError):
-        return None
-
-
 def _folder_kind(folder: Path) -> tuple[str, list[str]] | None:
     if (folder / CONFIG_NAME).is_file():
         if (folder / DIFFUSERS_WEIGHTS).is_file() or (folder / DIFFUSERS_INDEX).is_file():
@@ -286,40 +275,45 @@ def resolve_pretrained(
         raise FileNotFoundError(
             f"{repo_id!r} is neither an existing local path nor a Hub repo id ('org/name')"
         )
+    from mugv_dit._hub import HubAccess
+
+    hub = HubAccess.check(local_files_only, endpoint)  # offline / reachable, decided once
     kwargs: dict[str, Any] = {
         "subfolder": subfolder,
         "revision": revision,
         "cache_dir": cache_dir,
         "token": token,
-        "local_files_only": local_files_only,
+        "missing_ok": True,
     }
-    if endpoint is not None:
-        kwargs["endpoint"] = endpoint
-    config = _hub_download(repo_id, CONFIG_NAME, **kwargs)
+    config = hub.download(repo_id, CONFIG_NAME, **kwargs)
     if config is not None:
         for name in (DIFFUSERS_WEIGHTS, DIFFUSERS_INDEX, WEIGHTS_NAME):
-            weights = _hub_download(repo_id, name, **kwargs)
+            weights = hub.download(repo_id, name, **kwargs)
             if weights is None:
                 continue
             if name == DIFFUSERS_INDEX:  # sharded: fetch every shard the index names
                 shards = sorted(set(json.loads(Path(weights).read_text())["weight_map"].values()))
                 for shard in shards:
-                    if _hub_download(repo_id, shard, **kwargs) is None:
-                        raise FileNotFoundError(f"Hub repo {repo_id} lacks the shard {shard}")
+                    hub.download(repo_id, shard, **{**kwargs, "missing_ok": False})
             if name == WEIGHTS_NAME:
                 return "legacy", [config, weights]
             return "diffusers", [str(Path(weights).parent)]
+        if hub.cache_only:
+            err = hub.error(repo_id, DIFFUSERS_WEIGHTS, cache_dir=cache_dir)
+            raise type(err)(f"{repo_id} has {CONFIG_NAME} but the weights are missing: {err}")
         raise FileNotFoundError(
-            f"Hub repo {repo_id} has {CONFIG_NAME} but no {DIFFUSERS_WEIGHTS} (or it is not in "
-            "the local cache while offline); the weights are missing"
+            f"Hub repo {repo_id} has {CONFIG_NAME} but no {DIFFUSERS_WEIGHTS}; the weights "
+            "are missing"
         )
-    official = _hub_download(repo_id, OFFICIAL_NAME, **kwargs)
+    official = hub.download(repo_id, OFFICIAL_NAME, **kwargs)
     if official is not None:
         return "official", [official]
+    if hub.cache_only:
+        err = hub.error(repo_id, OFFICIAL_NAME, cache_dir=cache_dir)
+        raise type(err)(f"no MUG-DiT weights found for {repo_id}: {err}")
     raise FileNotFoundError(
-        f"no MUG-DiT weights found for {repo_id}: it has neither {CONFIG_NAME} + "
-        f"{DIFFUSERS_WEIGHTS} nor {OFFICIAL_NAME}, or they are not in the Hugging Face cache "
-        "while offline (HF_HUB_OFFLINE=1). Download them once online, or pass a local folder."
+        f"no MUG-DiT weights in Hub repo {repo_id}: it has neither {CONFIG_NAME} + "
+        f"{DIFFUSERS_WEIGHTS} nor {OFFICIAL_NAME}"
     )
 
 

@@ -11,6 +11,7 @@ is ``last_hidden_state`` computed with the attention mask.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -81,12 +82,23 @@ class TextEncoder:
             device = torch.device(device)
         except (RuntimeError, TypeError) as exc:
             raise ValueError(f"device {device!r} is not a torch device ({exc})") from exc
+        from mugv_dit._hub import HubAccess
+
+        hub = None
+        if not Path(name_or_path).exists():  # a Hub id: decide offline / reachable once
+            hub = HubAccess.check(local_files_only)
+            local_files_only = hub.cache_only  # no retry loop without network
         kwargs = {
             "local_files_only": local_files_only,
             "revision": revision,
             **from_pretrained_kwargs,
         }
-        config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+        try:
+            config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+        except OSError as exc:
+            if hub is None or not (hub.cache_only or hub.caused(exc)):
+                raise
+            raise hub.error(str(name_or_path), None, exc) from None
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
         if config.model_type in ("t5", "mt5", "umt5"):
             model = T5EncoderModel.from_pretrained(name_or_path, dtype=dtype, **kwargs)

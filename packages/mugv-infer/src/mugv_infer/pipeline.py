@@ -250,6 +250,8 @@ class MUGVPipeline(DiffusionPipeline, MUGVLoraLoaderMixin):
             files = _resolve_weights(repo_or_dir, **hub)
         else:  # both models given: nothing to read from repo_or_dir
             files = {"format": "official"}
+        if files.get("local_files_only"):  # Hub unreachable: the cache only, no retries
+            hub["local_files_only"] = True
         if files["format"] == "diffusers":
             return cls._from_diffusers_folder(
                 files["root"], hub=hub, text_encoder=text_encoder, dit=dit, vae=vae,
@@ -951,15 +953,6 @@ def _output_paths(
     return paths
 
 
-def _hub_error(repo: str, exc: Exception) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"cannot get the weights of {repo!r} ({type(exc).__name__}: {exc}). If you are "
-        f"offline, download them once with network access: `huggingface-cli download {repo}` "
-        "(or `hf download`), then run with HF_HUB_OFFLINE=1; or pass a local folder holding "
-        "dit.pt and vae.pt"
-    )
-
-
 def _resolve_weights(
     repo_or_dir: str | os.PathLike[str],
     *,
@@ -987,41 +980,34 @@ def _resolve_weights(
         raise FileNotFoundError(
             f"{repo!r} is neither a local folder nor a Hub repo id like {OFFICIAL_REPO!r}"
         )
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from mugv_infer._hub import HubAccess
 
-    kwargs = {
-        "revision": revision,
-        "cache_dir": cache_dir,
-        "token": token,
-        "local_files_only": local_files_only,
-    }
-    try:
-        dit = hf_hub_download(repo, "dit.pt", **kwargs)
-        vae = hf_hub_download(repo, "vae.pt", **kwargs)
-        return {"format": "official", "dit": Path(dit), "vae": Path(vae)}
-    except EntryNotFoundError:
-        pass
-    except Exception as exc:  # offline without cache, unknown repo, network errors
-        raise _hub_error(repo, exc) from exc
-    try:
-        hf_hub_download(repo, _MODEL_INDEX, **kwargs)
-        return {"format": "diffusers", "root": repo}
-    except EntryNotFoundError:
-        pass
-    except Exception as exc:
-        raise _hub_error(repo, exc) from exc
-    try:
-        from huggingface_hub import snapshot_download
+    hub = HubAccess.check(local_files_only)  # offline / reachable, decided once (issue 19)
+    kwargs = {"revision": revision, "cache_dir": cache_dir, "token": token}
+    dit = hub.download(repo, "dit.pt", missing_ok=True, **kwargs)
+    if dit is not None:
+        vae = hub.download(repo, "vae.pt", **kwargs)
+        return {"format": "official", "dit": Path(dit), "vae": Path(vae)}  # type: ignore[arg-type]
+    if hub.download(repo, _MODEL_INDEX, missing_ok=True, **kwargs) is not None:
+        return {"format": "diffusers", "root": repo, "local_files_only": hub.cache_only}
+    from huggingface_hub import snapshot_download
 
+    try:
         root = Path(
-            snapshot_download(repo, allow_patterns=["dit/*", "vae/*", _PIPELINE_CONFIG], **kwargs)
-        )
+            snapshot_download(
+                repo, allow_patterns=["dit/*", "vae/*", _PIPELINE_CONFIG],
+                local_files_only=hub.cache_only, **kwargs,
+            )
+        )  # fmt: skip
     except Exception as exc:
-        raise _hub_error(repo, exc) from exc
+        if hub.cache_only:
+            err = hub.error(repo, "dit.pt", exc, cache_dir)
+            raise type(err)(f"no MUG-V weights found for {repo}: {err}") from None
+        raise hub.error(repo, None, exc, cache_dir) from None
     if not (root / "dit" / "config.json").is_file():
         raise FileNotFoundError(
-            f"Hub repo {repo!r} has neither dit.pt + vae.pt nor dit/ + vae/ folders"
+            f"Hub repo {repo!r} has neither dit.pt + vae.pt, model_index.json nor dit/ + vae/ "
+            "folders"
         )
     return {"format": "ours", "dit": root / "dit", "vae": root / "vae"}
 
@@ -1040,6 +1026,8 @@ def _load_text_encoder(
             name, dtype=dtype, device=device, local_files_only=local_files_only, revision=revision
         )
     except OSError as exc:
+        if not Path(name).exists():  # a Hub id: TextEncoder's one line says which failure
+            raise type(exc)(f"cannot load the text encoder: {exc}") from None
         raise FileNotFoundError(
             f"cannot load the text encoder {str(name)!r} ({exc}). Download it once with "
             f"network access (`huggingface-cli download {name}`), pass a local folder, or "
