@@ -152,3 +152,37 @@ def test_other_settings_in_the_same_folder_are_refused(run, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1
     assert "other settings" in proc.stderr
+
+
+@pytest.mark.slow
+def test_mugv_generate_regenerates_the_clips(run):
+    """The one command the generate stage writes (``regenerate.sh``: `mugv generate` on the
+    saved pipeline, with the null caption and the scheduler's shift scale read from it, and
+    ``jobs.jsonl``) samples the trained DiT's T2V and I2V latents bit for bit."""
+    out, _ = run
+    script = (out / "generate" / "regenerate.sh").read_text()
+    summary = json.loads((out / "generate" / "done.json").read_text())["summary"]
+    command = script.splitlines()[-1]
+    assert command == summary["regenerate"] and command.startswith("mugv generate ")
+    assert "--shift-scale" not in command and "--negative" not in command  # read from disk
+    run_config = json.loads((out / "run.json").read_text())["config"]
+    scheduler = json.loads(
+        (out / "generate" / "pipeline" / "scheduler" / "scheduler_config.json").read_text()
+    )
+    assert scheduler["shift_scale"] == run_config["timestep_shift_scale"] != 1.0
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-m", "mugv_infer.cli", *command.split()[1:]]
+    proc = subprocess.run(
+        [*argv, "--no-progress", "--save-latents"], capture_output=True, text=True, env=env,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    prompts = json.loads((out / "generate" / "prompts.json").read_text())
+    for task in ("t2v", "i2v"):
+        for p in prompts:
+            want = out / "generate" / "trained" / task / f"{p['id']}.npy"
+            got = out / "regenerated" / task / f"{p['id']}.npy"
+            np.testing.assert_array_equal(np.load(got), np.load(want), err_msg=str(got))
+            frames = read_mp4(got.with_suffix(".mp4"))[0]
+            assert frames.shape == read_mp4(want.with_suffix(".mp4"))[0].shape

@@ -8,7 +8,7 @@ later block may use an earlier block's names, as a reader would), in a temporary
 folder, offline (``HF_HUB_OFFLINE=1``), against a local Hugging Face cache that holds:
 
 - ``MUG-V/MUG-V-inference``: ``dit.pt`` / ``vae.pt`` of the *debug* presets in the official
-  key layout (the real files are 10 GB); ``VAEConfig.preset("mugv")`` is mapped to the debug
+  key layout (the real files are tens of GB); ``VAEConfig.preset("mugv")`` gives the debug
   topology for the duration, since an official ``vae.pt`` carries no config;
 - ``DeepFloyd/t5-v1_1-xxl``: a tiny random T5 encoder with a word-level tokenizer.
 
@@ -180,8 +180,7 @@ def sandbox(hub_cache, tmp_path, monkeypatch):
     import torch
     from huggingface_hub import constants
 
-    import mugv_infer.pipeline
-    import mugv_vae.config
+    import mugv_vae
 
     work = tmp_path / "work"
     work.mkdir()
@@ -191,10 +190,19 @@ def sandbox(hub_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    presets = dict(mugv_vae.config.PRESETS, mugv=mugv_vae.config.PRESETS["debug"])
-    monkeypatch.setattr(mugv_vae.config, "PRESETS", presets)
-    monkeypatch.setattr(mugv_infer.pipeline, "resolve_size", lambda *a, **k: (32, 32))
-    monkeypatch.setattr(mugv_infer.pipeline, "resolve_num_frames", lambda *a, **k: 9)
+    # Internals patched by name (tests may; the packages' code never reaches them so).
+    debug = mugv_vae.VAEConfig.preset("debug")
+    real_preset = mugv_vae.VAEConfig.preset.__func__
+    monkeypatch.setattr(
+        mugv_vae.VAEConfig,
+        "preset",
+        classmethod(
+            lambda cls, name, **kw: real_preset(cls, "debug" if name == "mugv" else name, **kw)
+        ),
+    )
+    assert mugv_vae.VAEConfig.preset("mugv") == debug
+    monkeypatch.setattr("mugv_infer.pipeline.resolve_size", lambda *a, **k: (32, 32))
+    monkeypatch.setattr("mugv_infer.pipeline.resolve_num_frames", lambda *a, **k: 9)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield work

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mugv_quickstart import latent_probe, measure, report
-from mugv_quickstart._media import read_mp4, write_mp4, write_npy, write_text
+from mugv_quickstart._media import read_mp4, write_mp4, write_npy, write_png, write_text
 from mugv_quickstart.config import QuickstartConfig
 from mugv_quickstart.runner import RunContext, Stage
 from mugv_quickstart.synthetic import Clip, load_frames, load_set, make_set
@@ -371,7 +371,47 @@ def generate(ctx: RunContext, folder: Path) -> dict[str, Any]:
     prompts = [{"id": c.id, "caption": c.caption, "colour": c.colour, "direction": c.direction,
                 "shape": c.shape} for c in clips]  # fmt: skip
     write_text(folder / "prompts.json", json.dumps(prompts, indent=1) + "\n")
-    return {"prompts": len(clips), "steps": cfg.num_inference_steps}
+    command = _regeneration_kit(_pipeline(trained, vae, text, cfg), export, clips, ctx, folder)
+    return {"prompts": len(clips), "steps": cfg.num_inference_steps, "regenerate": command}
+
+
+def _regeneration_kit(pipe, export: Path, clips: list[Clip], ctx: RunContext,
+                      folder: Path) -> str:  # fmt: skip
+    """What `mugv generate` needs to redo the trained DiT's clips: the saved pipeline
+    (``pipeline/``: DiT, VAE, MiniLM, scheduler with the shift scale) with the null caption
+    beside it, the I2V first frames as PNGs (lossless: the same pixels), ``jobs.jsonl`` and
+    the command (``regenerate.sh``). T2V rows share one seed and run as one batch
+    (``--batch-size``), as `_generate_set` draws them. Returns the command."""
+    from mugv_infer import NULL_TEXT_FILE
+
+    cfg, d = ctx.config, ctx.config.data
+    pipeline = folder / "pipeline"
+    if not (pipeline / "model_index.json").is_file():
+        pipe.save_pretrained(pipeline)
+    if cfg.guidance is not None:
+        shutil.copyfile(export / NULL_TEXT_FILE, pipeline / NULL_TEXT_FILE)
+    rows = [{"prompt": c.caption, "seed": cfg.seed, "out": f"t2v/{c.id}.mp4"} for c in clips]
+    for k, c in enumerate(clips):
+        png = folder / "first_frames" / f"{c.id}.png"
+        if not png.is_file():
+            write_png(png, load_frames(ctx.folder("synth"), c)[0])
+        rows.append({"prompt": c.caption, "image": f"first_frames/{c.id}.png",
+                     "seed": cfg.seed + 1 + k, "out": f"i2v/{c.id}.mp4"})  # fmt: skip
+    write_text(folder / "jobs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    guidance = ["--cfg", str(cfg.guidance)] if cfg.guidance is not None else ["--cfg", "1"]
+    final = ctx.out / "generate"  # where this (partial) folder ends up
+    args = [
+        "mugv", "generate", "--model", str(final / "pipeline"), "--batch",
+        str(final / "jobs.jsonl"), "--out-dir", str(ctx.out / "regenerated"),
+        "--batch-size", str(len(clips)),
+        "--height", str(d.height), "--width", str(d.width), "--duration", str(d.num_frames),
+        "--steps", str(cfg.num_inference_steps), *guidance, "--fps", str(d.fps),
+        "--no-aes-score", "--device", "cpu", "--dtype", "fp32",
+    ]  # fmt: skip
+    command = " ".join(args)
+    comment = "# the trained DiT's T2V and I2V clips again, into regenerated/{t2v,i2v}/"
+    write_text(folder / "regenerate.sh", f"#!/bin/sh\n{comment}\n{command}\n")
+    return command
 
 
 # -- 7. evaluate ------------------------------------------------------------------------

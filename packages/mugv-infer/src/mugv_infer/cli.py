@@ -8,6 +8,14 @@ A batch file has one job per row: ``prompt`` (required) and optionally ``image``
 ``out`` (file name, relative to ``--out-dir``), ``aspect``, ``duration``. CSV needs a header
 row; JSONL has one JSON object per line. Relative image paths are read relative to the
 batch file. Each written file's path is printed, one per line.
+
+Guidance runs against the official negative prompt, or against the null caption of a model
+trained with caption dropout: ``--negative-embedding`` (a ``null_text.safetensors`` or a
+folder holding one, as mugv-train exports and ``mugv-quickstart`` pipelines carry); a
+``--model`` folder holding ``null_text.safetensors`` uses it unless ``--negative-prompt`` is
+given. The timestep-shift scale is the saved scheduler's (``scheduler/scheduler_config.json``
+of a saved pipeline; 1.0 for the official weights) unless ``--shift-scale`` is given. So a
+quickstart output regenerates its clips with the command in its ``generate/regenerate.sh``.
 """
 
 from __future__ import annotations
@@ -72,7 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cfg", type=float, default=4.0, help="CFG scale (official: 4.0)")
     g.add_argument("--seed", type=int, default=42, help="random seed (official: 42)")
     g.add_argument("--fps", type=float, default=30.0, help="fps fed to the model (official: 30)")
-    g.add_argument("--negative-prompt", help="override the official negative prompt")
+    neg = g.add_mutually_exclusive_group()
+    neg.add_argument("--negative-prompt", help="override the official negative prompt")
+    neg.add_argument(
+        "--negative-embedding",
+        type=Path,
+        help="null caption for guidance: a null_text.safetensors, or a folder holding one "
+        "(a mugv-train export; default: the --model folder's, if it has one)",
+    )
+    g.add_argument(
+        "--shift-scale",
+        type=float,
+        help="factor on the resolution/length timestep shift (default: the saved scheduler's; "
+        "official 1.0)",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="run up to N consecutive batch rows as one pipeline call when they share seed, "
+        "size and duration and have no image (noise drawn for the whole batch at once, as "
+        "MUGVPipeline does for a list of prompts)",
+    )
     g.add_argument("--no-aes-score", action="store_true", help="drop the aesthetic suffix")
     g.add_argument("--model", default="MUG-V/MUG-V-inference", help="Hub repo or local folder")
     g.add_argument("--text-encoder", default="DeepFloyd/t5-v1_1-xxl", help="Hub id or local folder")
@@ -101,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, help="output MP4 (single prompt)")
     g.add_argument("--out-dir", type=Path, help="output folder (batch)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g.add_argument(
+        "--save-latents",
+        action="store_true",
+        help="also write each clip's final latents [C, T, h, w] (float32) as <clip>.npy",
+    )
     from mugv_infer.enhance._cli import add_generate_options, add_parser
 
     add_generate_options(g)  # --enhance and the enhancer's model options
@@ -204,6 +238,12 @@ def _load_pipeline(args: argparse.Namespace):
         offload=None if args.offload == "none" else args.offload,
         local_files_only=args.local_files_only,
     )
+    if args.shift_scale is not None:
+        from mugv_infer.sampling import MUGVFlowScheduler
+
+        pipe.scheduler = MUGVFlowScheduler.from_config(
+            pipe.scheduler.config, shift=True, shift_scale=args.shift_scale
+        )
     if args.vae_tiling:
         pipe.enable_vae_tiling()
     if args.step_cache is not None:
@@ -213,16 +253,75 @@ def _load_pipeline(args: argparse.Namespace):
     return pipe
 
 
+def negative_embedding_file(args: argparse.Namespace) -> Path | None:
+    """The null caption file guidance runs against: ``--negative-embedding`` (a file, or a
+    folder holding ``null_text.safetensors``), else the ``--model`` folder's, else None
+    (the official negative prompt)."""
+    from mugv_infer.pipeline import NULL_TEXT_FILE
+
+    given = args.negative_embedding
+    if given is not None:
+        path = given / NULL_TEXT_FILE if given.is_dir() else given
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--negative-embedding {given}: {path} does not exist; give a "
+                f"{NULL_TEXT_FILE} or a model export folder holding one"
+            )
+        return path
+    if args.negative_prompt is None and (Path(args.model) / NULL_TEXT_FILE).is_file():
+        return Path(args.model) / NULL_TEXT_FILE
+    return None
+
+
+def _read_null_text(path: Path) -> torch.Tensor:
+    from mugv_infer.pipeline import load_null_text
+
+    if path.name != "null_text.safetensors":  # load_null_text reads a folder's file
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        if "null_text" not in tensors:
+            raise ValueError(f"{path} has no 'null_text' tensor (keys: {sorted(tensors)})")
+        return tensors["null_text"]
+    return load_null_text(path.parent)
+
+
+def _batches(jobs: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    """Consecutive rows that can share one pipeline call (same seed, size, duration, no
+    image), at most ``size`` each."""
+    groups: list[list[dict[str, Any]]] = []
+    for job in jobs:
+        key = (job.get("seed"), job.get("aspect"), job.get("duration"))
+        last = groups[-1] if groups else None
+        if (
+            last is not None
+            and len(last) < size
+            and not job.get("image")
+            and not last[0].get("image")
+            and (last[0].get("seed"), last[0].get("aspect"), last[0].get("duration")) == key
+        ):
+            last.append(job)
+        else:
+            groups.append([job])
+    return groups
+
+
 def generate(args: argparse.Namespace) -> list[Path]:
     jobs = check_generate(args)  # every argument, row and output path, before loading
+    null_file = negative_embedding_file(args)
+    null_text = _read_null_text(null_file) if null_file is not None else None
     pipe = _load_pipeline(args)
+    if null_text is not None:
+        negative = {"negative_prompt": None, "negative_embedding": null_text}
+    else:
+        negative = {"negative_prompt": args.negative_prompt or _official_negative()}
     written = []
-    for job in jobs:
-        out = job["out"]
+    for group in _batches(jobs, args.batch_size):
+        job = group[0]
         result = pipe(
-            job["prompt"],
+            [j["prompt"] for j in group] if len(group) > 1 else job["prompt"],
             image=job.get("image") or None,
-            negative_prompt=args.negative_prompt or _official_negative(),
+            **negative,
             aspect=job.get("aspect", args.aspect),
             resolution=args.resolution,
             duration=job.get("duration", args.duration),
@@ -234,13 +333,28 @@ def generate(args: argparse.Namespace) -> list[Path]:
             fps=args.fps,
             aes_score=None if args.no_aes_score else 6.0,
             output_type="mp4",
-            output_path=out,
+            output_path=[j["out"] for j in group] if len(group) > 1 else job["out"],
             progress=not args.no_progress,
         )
-        for path in result.paths:
+        for k, path in enumerate(result.paths):
+            if args.save_latents:
+                _save_npy(Path(path).with_suffix(".npy"), result.latents[k])
             print(path, flush=True)
             written.append(path)
     return written
+
+
+def _save_npy(path: Path, tensor: torch.Tensor) -> None:
+    """float32 .npy, written atomically (temporary name, then rename)."""
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, tensor.detach().float().cpu().numpy())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _check_source(source: str, flag: str) -> None:
@@ -297,6 +411,9 @@ def check_generate(args: argparse.Namespace) -> list[dict[str, Any]]:
     check_int(args.height, "--height", minimum=8, optional=True)
     check_int(args.width, "--width", minimum=8, optional=True)
     check_int(args.steps, "--steps", minimum=1)
+    check_int(args.batch_size, "--batch-size", minimum=1)
+    if args.shift_scale is not None:
+        check_finite(args.shift_scale, "--shift-scale", positive=True)
     check_finite(args.cfg, "--cfg")
     check_finite(args.fps, "--fps", positive=True)
     check_seed(args.seed, "--seed")
@@ -306,6 +423,7 @@ def check_generate(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise ValueError(f"--step-cache must be >= 0, got {args.step_cache}")
     if args.negative_prompt is not None:
         check_text(args.negative_prompt, "--negative-prompt")
+    negative_embedding_file(args)  # a missing --negative-embedding file: before loading
     mugv_vae.VAEConfig.preset(args.vae_preset)
     _check_source(args.model, "--model")
     _check_source(args.text_encoder, "--text-encoder")
@@ -382,6 +500,8 @@ def _one_line(exc: BaseException) -> str:
 def _is_bad_input(exc: BaseException) -> bool:
     """Bad input (exit 2): wrong values, types, missing or unreadable files; anything else
     (RuntimeError, out of memory, a full disk) is a failure during the work (exit 1)."""
+    if isinstance(exc, ConnectionError):  # the Hub unreachable: not the input's fault
+        return False
     bad = (ValueError, TypeError, LookupError, pickle.UnpicklingError)
     files = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
     if isinstance(exc, bad + files) or type(exc).__name__ == "SafetensorError":
