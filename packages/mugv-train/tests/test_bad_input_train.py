@@ -118,7 +118,7 @@ API_CASES = [
     ("lora", {"alpha": 0}, ValueError, r"LoRAConfig\.alpha must be > 0\.0 \(the scale is alpha"),
     ("lora", {"targets": ()}, ValueError, r"LoRAConfig\.targets is empty; choose from"),
     ("lora", {"targets": ("gate",)}, ValueError, r"unknown linears \['gate'\]"),
-    ("lora", {"targets": "linear_qkv"}, TypeError, r"targets must be a tuple of a string values"),
+    ("lora", {"targets": "linear_qkv"}, TypeError, r"targets must be a tuple of strings, got 'linear_qkv'"),
     ("optim", {"lr": "1e-3"}, TypeError, r"OptimConfig\.lr must be a number, got '1e-3' \(str\)"),
     ("optim", {"lr": math.inf}, ValueError, r"OptimConfig\.lr must hold finite numbers, got inf"),
     ("optim", {"lr": 0.0}, ValueError, r"OptimConfig\.lr must be > 0\.0"),
@@ -439,6 +439,28 @@ def test_exit_codes_debug_and_signals(capsys, monkeypatch):
 
     assert run_command(disk) == 1
     assert "OSError: [Errno 5] Input/output error" in _one_error_line(capsys.readouterr().err)
+
+    def wrapped_disk():  # a torch_dist save: Megatron wraps the OSError in its own exception
+        from mugv_train import CheckpointError
+
+        try:
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError as exc:
+                raise RuntimeError("CheckpointingException: write failed") from exc
+        except RuntimeError as exc:
+            raise CheckpointError("saving the step-8 checkpoint failed") from exc
+
+    assert run_command(wrapped_disk) == 1
+    assert "CheckpointError: saving the step-8" in _one_error_line(capsys.readouterr().err)
+
+    def unreadable():
+        from mugv_train import CheckpointError
+
+        raise CheckpointError("model_tp0_pp0.pt cannot be read as a checkpoint file")
+
+    assert run_command(unreadable) == 2
+    assert _one_error_line(capsys.readouterr().err).endswith("as a checkpoint file")
     monkeypatch.setenv("MUGV_DEBUG", "1")
     assert run_command(fail) == 1
     err = capsys.readouterr().err

@@ -28,7 +28,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 PROG = "mugv-train"
 
@@ -47,7 +47,7 @@ class _Terminated(BaseException):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + error
+    def error(self, message: str) -> NoReturn:  # one line instead of usage + error
         self.exit(EXIT_BAD_INPUT, f"{PROG}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -70,9 +70,15 @@ def _is_bad_input(exc: BaseException) -> bool:
     names = {cls.__name__ for cls in type(exc).__mro__}
     if "ShardError" in names or "SafetensorError" in names:
         return True
-    if "CheckpointError" in names:  # unreadable / unsafe / mismatching: the user's files
-        cause = exc.__cause__
-        return not (cause is not None and _disk_failure(cause))
+    if "CheckpointError" in names:  # unreadable / unsafe / mismatching: the user's files,
+        # unless a save failed on the disk (the OSError may be wrapped, e.g. by Megatron)
+        seen, cause = set(), exc.__cause__ or exc.__context__
+        while cause is not None and id(cause) not in seen:
+            if _disk_failure(cause):
+                return False
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
+        return True
     bad = (ValueError, TypeError, LookupError, pickle.UnpicklingError)
     files = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
     if isinstance(exc, bad + files):

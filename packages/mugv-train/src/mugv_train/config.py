@@ -72,7 +72,8 @@ def _describe(hint: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a tuple of {_describe(args[0])} values"
+            plural = {str: "strings", int: "ints", float: "numbers"}.get(args[0])
+            return f"a tuple of {plural or _describe(args[0]) + ' values'}"
         return f"a tuple of {len(args)} values ({', '.join(_describe(a) for a in args)})"
     if origin is dict:
         return f"a dict of {_describe(args[0])} -> {_describe(args[1])}"

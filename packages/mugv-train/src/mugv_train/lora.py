@@ -145,6 +145,7 @@ def _merge_tp(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in shards[0].items():
         m = _KEY.fullmatch(key)
+        assert m is not None  # the caller kept adapter keys only
         linear, which = m.group(3), m.group(4)
         split = (which == "lora_B" and linear in _COLUMN) or (which == "lora_A" and linear in _ROW)
         if split and len(shards) > 1:
@@ -355,7 +356,7 @@ def export_lora(
                 "parallelism export from the checkpoint folder (every part is merged)"
             )
         state = lora_state_dict(source)
-        chunk = source if isinstance(source, nn.Module) else source[0]
+        chunk: Any = source if isinstance(source, nn.Module) else source[0]
         if hasattr(chunk, "dit_config"):
             model_config = chunk.dit_config.to_dict()
             num_heads = chunk.dit_config.num_heads if num_heads is None else num_heads
