@@ -332,6 +332,14 @@ def test_help_is_quick_and_quiet():
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert proc.stdout.strip() == "[]", proc.stdout  # the command imports no heavy module
+    # the package's names import on first use; every one of __all__ resolves
+    import mugv_train
+
+    assert set(mugv_train._EXPORTS) | {"__version__"} == set(mugv_train.__all__)
+    for name in mugv_train.__all__:
+        assert getattr(mugv_train, name) is not None, name
+    with pytest.raises(AttributeError, match=r"module 'mugv_train' has no attribute 'nope'"):
+        mugv_train.nope  # noqa: B018
 
 
 # --------------------------------------------------------------------------- runs
