@@ -173,6 +173,38 @@ def test_export_from_a_model_and_adapters_follow_the_model(megatron_tp1, tmp_pat
         torch.testing.assert_close(rebuilt[key], value, atol=1e-6, rtol=1e-5, msg=key)
 
 
+def test_initial_adapters_do_not_depend_on_the_parallel_layout(megatron_tp1):
+    """A is drawn per linear from (seed, global name) over the full width: a pipeline stage
+    holding layer 1 gets the adapters of layer 1 of the whole model, and the TP shards of a
+    row-parallel A are the columns of the TP = 1 draw (a column-parallel A is replicated)."""
+    from mugv_train import LoRAConfig
+    from mugv_train.lora import add_lora, initial_lora_a
+    from mugv_train.parallel import MegatronMUGDiT
+
+    lora = LoRAConfig(rank=2, alpha=3.0)
+    whole = MegatronMUGDiT(tiny_dit_config(depth=2))
+    add_lora(whole, lora, seed=5)
+    stage = MegatronMUGDiT(tiny_dit_config(depth=1))
+    stage.layer_offset = 1  # the second pipeline stage of a depth-2 model, PP = 2
+    add_lora(stage, lora, seed=5)
+    adapters = {n: p for n, p in whole.named_parameters() if n.endswith("lora_A")}
+    layer1 = {n: p for n, p in adapters.items() if n.startswith("decoder.layers.1.")}
+    assert len(layer1) == 7
+    for n, p in stage.named_parameters():
+        if n.endswith("lora_A"):
+            assert torch.equal(p, layer1[n.replace("layers.0.", "layers.1.")]), n
+    a0 = adapters["decoder.layers.0.mlp.linear_fc1.lora_A"]
+    assert not torch.equal(a0, adapters["decoder.layers.1.mlp.linear_fc1.lora_A"])
+    fc2 = "decoder.layers.0.mlp.linear_fc2"
+    full = adapters[f"{fc2}.lora_A"]  # row-parallel: [r, 192]
+    assert torch.equal(full, initial_lora_a(5, fc2, 2, 192, True, 0, 1))
+    shards = [initial_lora_a(5, fc2, 2, 96, True, r, 2) for r in range(2)]
+    assert torch.equal(torch.cat(shards, dim=1), full)
+    fc1 = "decoder.layers.0.mlp.linear_fc1"
+    assert torch.equal(initial_lora_a(5, fc1, 2, 48, False, 1, 2), a0)  # replicated
+    assert abs(full.std().item() * 2**0.5 - 1) < 0.2  # N(0, 1/r)
+
+
 def test_export_errors_name_the_problem(lora_run, tmp_path):
     from mugv_train import export_lora
     from mugv_train.checkpointing import latest_checkpoint

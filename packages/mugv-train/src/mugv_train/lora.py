@@ -20,6 +20,7 @@ import os
 import re
 import tempfile
 import types
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +58,44 @@ def _lora_forward(self, x, *args, **kwargs):
     return out + self._lora_scale * (ax @ self.lora_B.t().to(x.dtype)), bias
 
 
+def _tp_rank_and_size() -> tuple[int, int]:
+    from megatron.core import parallel_state as ps
+
+    if not ps.model_parallel_is_initialized():
+        return 0, 1
+    return ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
+
+
+def _global_name(name: str, layer_offset: int) -> str:
+    """``decoder.layers.{i}.<...>`` of a pipeline chunk under the global layer number."""
+    m = re.match(r"decoder\.layers\.(\d+)\.(.*)", name)
+    return f"decoder.layers.{int(m.group(1)) + layer_offset}.{m.group(2)}" if m else name
+
+
+def initial_lora_a(
+    seed: int, name: str, rank: int, in_local: int, row: bool, tp_rank: int, tp_size: int
+) -> torch.Tensor:
+    """The Gaussian A [r, in(/TP)] of the adapter on the linear ``name`` (global layer
+    number), N(0, 1/r) as the official LoRA init. Drawn from a generator keyed by (seed,
+    name) over the full input width and sliced to this rank's columns for a row-parallel
+    linear: every tensor / pipeline layout starts from the same adapters."""
+    g = torch.Generator().manual_seed((seed * 0x9E3779B1 + zlib.crc32(name.encode())) % 2**63)
+    full = in_local * tp_size if row else in_local
+    a = torch.randn(rank, full, generator=g) / math.sqrt(rank)
+    return a[:, tp_rank * in_local : (tp_rank + 1) * in_local] if row else a
+
+
 def add_lora(model: nn.Module, config: LoRAConfig, seed: int = 0) -> list[str]:
     """Freeze ``model`` and add adapters to the linears named in ``config.targets``.
 
-    Returns the names of the adapted modules.
+    A is drawn per adapted linear from (seed, its global name) (:func:`initial_lora_a`), B
+    is zero; both are created in the device and dtype of the linear's weight, so a model
+    on the GPU (or the meta device) gets its adapters there. Returns the names of the
+    adapted modules.
     """
     model.requires_grad_(False)
-    g = torch.Generator().manual_seed(seed)
+    tp_rank, tp_size = _tp_rank_and_size()
+    offset = int(getattr(model, "layer_offset", 0))
     adapted = []
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] not in config.targets:
@@ -75,7 +107,9 @@ def add_lora(model: nn.Module, config: LoRAConfig, seed: int = 0) -> list[str]:
         row = isinstance(module, RowParallelLinear)
         out_f, in_f = module.weight.shape  # local shard shape
         device, dtype = module.weight.device, module.weight.dtype
-        a = torch.randn(config.rank, in_f, generator=g) / math.sqrt(config.rank)
+        a = initial_lora_a(
+            seed, _global_name(name, offset), config.rank, in_f, row, tp_rank, tp_size
+        )
         module.lora_A = nn.Parameter(a.to(device=device, dtype=dtype))
         module.lora_B = nn.Parameter(torch.zeros(out_f, config.rank, device=device, dtype=dtype))
         # gradient bookkeeping for Megatron's DDP, finalize_model_grads and grad-norm
