@@ -21,6 +21,13 @@ from mugv_vae.config import VAEConfig
 # ---------------------------------------------------------------------------------------
 
 
+def norm_silu(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """SiLU(GroupNorm(x)); the SiLU runs in place on the fresh normalised tensor when no
+    gradient is recorded (its backward would need that tensor)."""
+    h = norm(x)
+    return F.silu(h, inplace=not (torch.is_grad_enabled() and h.requires_grad))
+
+
 class ResnetBlock2D(nn.Module):
     """GroupNorm-SiLU-conv x2 with a residual (1x1 ``conv_shortcut`` when widths differ)."""
 
@@ -35,11 +42,11 @@ class ResnetBlock2D(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(norm_silu(self.norm1, x))
+        h = self.conv2(norm_silu(self.norm2, h))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
-        return x + h
+        return h.add_(x)  # = x + h; the conv's backward needs its input, not its output
 
 
 class Downsample2D(nn.Module):
@@ -259,11 +266,11 @@ class ResBlock3d(nn.Module):
         self.conv3 = CausalConv3d(cin, cout, 1, bias=False) if cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(norm_silu(self.norm1, x))
+        h = self.conv2(norm_silu(self.norm2, h))
         if self.conv3 is not None:
             x = self.conv3(x)
-        return x + h
+        return h.add_(x)  # = x + h; the conv's backward needs its input, not its output
 
 
 class TemporalEncoder(nn.Module):
