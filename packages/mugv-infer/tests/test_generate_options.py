@@ -167,3 +167,25 @@ def _official_negative() -> str:
     from mugv_infer import OFFICIAL_NEGATIVE_PROMPT
 
     return OFFICIAL_NEGATIVE_PROMPT
+
+
+@pytest.mark.slow
+def test_commands_print_no_third_party_noise():
+    """`mugv --help` and importing the packages print nothing on stderr, with every warning
+    shown (``-W default``) and source compiled afresh (where torchao's SyntaxWarning and
+    the torch pytree / diffusers log lines used to appear)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONWARNINGS": "default"}
+    code = (
+        "import mugv_vae, mugv_dit, mugv_infer; from mugv_infer.cli import main; main(['--help'])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, env=env,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "generate" in proc.stdout
+    assert proc.stderr == ""

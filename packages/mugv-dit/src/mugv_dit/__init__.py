@@ -16,23 +16,26 @@ Entry points:
 Everything not listed in ``__all__`` is private.
 """
 
-from mugv_dit._attention import attention, cross_attention
-from mugv_dit._checkpoint import convert_official_checkpoint
-from mugv_dit.config import PRESETS, DiTConfig
-from mugv_dit.kernels import gated_residual, modulated_layernorm, qk_norm_rope
-from mugv_dit.layers.attention import CrossAttention, RMSNorm, SelfAttention
-from mugv_dit.layers.blocks import MUGDiTBlock
-from mugv_dit.layers.embedders import (
-    CaptionEmbedder,
-    FinalLayer,
-    Mlp,
-    PatchEmbed3D,
-    TimestepEmbedder,
-    timestep_embedding,
-)
-from mugv_dit.layers.rope import RotaryEmbedding3D, apply_rope_3d, rope_3d_freqs
-from mugv_dit.model import MUGDiT
-from mugv_dit.text import TextEncoder
+from mugv_dit._quiet import quiet_third_party_imports as _quiet_imports
+
+with _quiet_imports():  # third-party import noise only, see _quiet
+    from mugv_dit._attention import attention, cross_attention
+    from mugv_dit._checkpoint import convert_official_checkpoint
+    from mugv_dit.config import PRESETS, DiTConfig
+    from mugv_dit.kernels import gated_residual, modulated_layernorm, qk_norm_rope
+    from mugv_dit.layers.attention import CrossAttention, RMSNorm, SelfAttention
+    from mugv_dit.layers.blocks import MUGDiTBlock
+    from mugv_dit.layers.embedders import (
+        CaptionEmbedder,
+        FinalLayer,
+        Mlp,
+        PatchEmbed3D,
+        TimestepEmbedder,
+        timestep_embedding,
+    )
+    from mugv_dit.layers.rope import RotaryEmbedding3D, apply_rope_3d, rope_3d_freqs
+    from mugv_dit.model import MUGDiT
+    from mugv_dit.text import TextEncoder
 
 __version__ = "0.1.0"
 

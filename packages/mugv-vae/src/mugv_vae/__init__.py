@@ -14,22 +14,25 @@ Entry points:
 Everything not listed in ``__all__`` is private.
 """
 
-from mugv_vae._video_io import read_video, write_video
-from mugv_vae.config import LATENT_SCALE, LATENT_SHIFT, SCALING_FACTOR, VAEConfig
-from mugv_vae.evaluation import evaluate_folder, psnr_video, ssim_video
-from mugv_vae.losses import (
-    LPIPS,
-    LossWeights,
-    PatchDiscriminator3D,
-    VAELoss,
-    adaptive_l1,
-    hinge_d_loss,
-    hinge_g_loss,
-    kl_loss,
-    saliency_weights,
-)
-from mugv_vae.model import VideoVAE
-from mugv_vae.training import TrainConfig, VAETrainer
+from mugv_vae._quiet import quiet_third_party_imports as _quiet_imports
+
+with _quiet_imports():  # third-party import noise only, see _quiet
+    from mugv_vae._video_io import read_video, write_video
+    from mugv_vae.config import LATENT_SCALE, LATENT_SHIFT, SCALING_FACTOR, VAEConfig
+    from mugv_vae.evaluation import evaluate_folder, psnr_video, ssim_video
+    from mugv_vae.losses import (
+        LPIPS,
+        LossWeights,
+        PatchDiscriminator3D,
+        VAELoss,
+        adaptive_l1,
+        hinge_d_loss,
+        hinge_g_loss,
+        kl_loss,
+        saliency_weights,
+    )
+    from mugv_vae.model import VideoVAE
+    from mugv_vae.training import TrainConfig, VAETrainer
 
 __version__ = "0.1.0"
 
