@@ -65,3 +65,36 @@ def test_vae_rows_keep_the_trunk_and_video_phases_apart():
     assert "27.07 dB" in video[4] and "14.60 dB" in video[4]
     (only,) = vae_rows(summary, losses[20:], 0)  # no trunk steps: one row
     assert only[1:4] == [20, "2.0000", "1.0000"]
+
+
+def test_reproducibility_band_is_checked_and_printed():
+    """The full preset's figures against the range seen on other machines; other settings
+    get no band (it was recorded for the full preset at seed 0 only)."""
+    from mugv_quickstart.config import QuickstartConfig
+    from mugv_quickstart.stages import REFERENCE_BAND, band_check, band_lines
+
+    class Ctx:
+        def __init__(self, psnr, t2v_dir, i2v_dir, probe_colour):
+            self._s = {
+                "vae": {"psnr_heldout": psnr},
+                "evaluate": {
+                    "agreement": {"trained/t2v": {"direction": t2v_dir},
+                                  "trained/i2v": {"direction": i2v_dir}},
+                    "latent": {"trained/t2v": {"colour": probe_colour}},
+                },
+            }  # fmt: skip
+
+        def summary(self, name):
+            return self._s[name]
+
+    full = QuickstartConfig.preset("full")
+    inside = Ctx(26.7, 0.5625, 0.5, 0.9)
+    assert [r[4] for r in band_check(inside, full)] == [True] * len(REFERENCE_BAND)
+    outside = Ctx(26.2, 0.5625, 0.75, 0.9)  # PSNR and I2V direction out of range
+    assert [r[4] for r in band_check(outside, full)] == [False, True, False, True]
+    text = "\n".join(band_lines(outside, full))
+    assert "| VAE held-out PSNR (dB) | 26.20 | 26.50 - 26.89 | **no** |" in text
+    assert "| trained DiT, T2V direction | 56% | 50% - 66% | yes |" in text
+    assert band_check(inside, QuickstartConfig.preset("fast")) is None
+    assert band_check(inside, QuickstartConfig.preset("full", seed=1)) is None
+    assert "no reference range" in "\n".join(band_lines(inside, QuickstartConfig.preset("fast")))

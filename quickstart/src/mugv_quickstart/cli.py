@@ -95,9 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nDone in {spent / 60:.1f} min. Report: {out / 'report.md'}\n"
             f"Contact sheet: {out / 'contact_sheet.png'}  Loss curves: {out / 'loss_curves.png'}\n"
-            f"Videos: {args.out / 'generate'}/{{trained,untrained}}/{{t2v,i2v}}/*.mp4",
+            f"Videos: {args.out / 'generate'}/{{trained,untrained}}/{{t2v,i2v}}/*.mp4\n"
+            f"Regenerate them: uv run sh {args.out / 'generate' / 'regenerate.sh'}",
             file=sys.stderr,
         )
+        band = results["report"].get("band") if isinstance(results["report"], dict) else None
+        if band is not None:
+            print(f"Figures within the range seen on other machines: {band}", file=sys.stderr)
     return 0
 
 
