@@ -241,8 +241,9 @@ def _load_pipeline(args: argparse.Namespace):
     if args.shift_scale is not None:
         from mugv_infer.sampling import MUGVFlowScheduler
 
-        pipe.scheduler = MUGVFlowScheduler.from_config(
-            pipe.scheduler.config, shift=True, shift_scale=args.shift_scale
+        saved = pipe.components["scheduler"].config  # type: ignore[attr-defined]
+        pipe.register_modules(  # type: ignore[attr-defined]
+            scheduler=MUGVFlowScheduler.from_config(saved, shift=True, shift_scale=args.shift_scale)
         )
     if args.vae_tiling:
         pipe.enable_vae_tiling()
@@ -311,6 +312,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
     null_file = negative_embedding_file(args)
     null_text = _read_null_text(null_file) if null_file is not None else None
     pipe = _load_pipeline(args)
+    negative: dict[str, Any]
     if null_text is not None:
         negative = {"negative_prompt": None, "negative_embedding": null_text}
     else:
