@@ -84,3 +84,47 @@ def test_load_sharded_equals_loading_the_full_state(megatron_tp1, dit, tmp_path)
         deeper = dataclasses.replace(dit.config, depth=6)
         with pytest.raises(ValueError, match=r"(depth|blocks).*Fix model\.\* or init_from"):
             load_sharded(MegatronMUGDiT(deeper), source, deeper)
+
+
+def test_fresh_init_replayed_per_tensor_equals_mugv_dits_init(megatron_tp1, monkeypatch):
+    """The fresh initialisation computed tensor by tensor (recorded on the meta device,
+    replayed from the seed) is bitwise mugv-dit's ``MUGDiT(config)`` under that seed."""
+    from mugv_dit import MUGDiT
+    from mugv_train.parallel import MegatronMUGDiT, dit_to_megatron, full_state_dict
+    from mugv_train.parallel._loading import init_sharded
+
+    cfg = tiny_dit_config(depth=4, num_heads=4)
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        want = dit_to_megatron(MUGDiT(cfg).state_dict(), cfg.num_heads)
+    model = MegatronMUGDiT(cfg, init_weights=False)
+    before = torch.get_rng_state()
+    assert init_sharded(model, cfg, seed=11)
+    assert torch.equal(torch.get_rng_state(), before)  # the global generator is untouched
+    got = full_state_dict(model)
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        assert torch.equal(got[k], v), k
+
+    # in-place draws through ``.data`` are replayed on the parameter itself
+    real_init = MUGDiT.initialize_weights
+
+    def via_data(self):
+        real_init(self)
+        self.start_token.data.normal_(0.0, 5.0)
+
+    monkeypatch.setattr(MUGDiT, "initialize_weights", via_data)
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        start = MUGDiT(cfg).start_token.detach().clone()
+    model = MegatronMUGDiT(cfg, init_weights=False)
+    assert init_sharded(model, cfg, seed=11)
+    assert torch.equal(model.start_token.detach(), start)
+
+    # an initialisation that copies values in cannot be replayed: the caller builds in full
+    def copies(self):
+        for p in self.parameters():
+            p.data.copy_(torch.ones_like(p))
+
+    monkeypatch.setattr(MUGDiT, "initialize_weights", copies)
+    assert not init_sharded(MegatronMUGDiT(cfg, init_weights=False), cfg, seed=11)

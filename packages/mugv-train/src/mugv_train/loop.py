@@ -67,7 +67,7 @@ from mugv_train.parallel import (
     seed_everything,
 )
 from mugv_train.parallel._checks import check_backend, check_layout
-from mugv_train.parallel._loading import can_stream, load_sharded
+from mugv_train.parallel._loading import can_stream, init_sharded, load_sharded
 from mugv_train.parallel._model import load_stage_state_dict, stage_state_dict
 from mugv_train.parallel._state import (
     cp_rank_and_size,
@@ -137,11 +137,15 @@ def _initial_dit_state(config: TrainConfig) -> dict[str, torch.Tensor]:
 
 
 def _load_initial(chunks: list[MegatronMUGDiT], config: TrainConfig, source: str) -> None:
-    """Weights of this rank's chunks: a local mugv-dit folder or official ``dit.pt`` is read
-    shard by shard (only this rank's layers and TP slices, :func:`load_sharded`); a Hub id
-    or a fresh init (``source`` empty) is built in full on CPU, then sharded."""
+    """Weights of this rank's chunks, shard by shard: a local mugv-dit folder or official
+    ``dit.pt`` (only this rank's layers and TP slices are read, :func:`load_sharded`); a
+    fresh init (``source`` empty; mugv-dit's initialisation from ``config.seed``, replayed
+    one tensor at a time, :func:`init_sharded`). A Hub id is loaded in full on CPU, then
+    sharded."""
     if source and can_stream(source):
         load_sharded(chunks, source, config.model)
+        return
+    if not source and init_sharded(chunks, config.model, config.seed):
         return
     state = _initial_dit_state(dataclasses.replace(config, init_from=source))
     load_full_state_dict(chunks, dit_to_megatron(state, config.model.num_heads))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from mugv_train.parallel._convert import _regroup, _split_dim, megatron_key_to_dit
 
@@ -200,3 +201,172 @@ def load_sharded(model, path: str | Path, dit_config) -> None:
                     + "; ".join(bad[:5])
                 )
             chunk.load_state_dict(local, strict=False)
+
+
+# -- a fresh initialisation, shard by shard --------------------------------------------------
+_DATA_GET = torch.Tensor.data.__get__
+#: In-place initialisers whose result does not depend on the tensor's previous values.
+_OVERWRITES = frozenset(
+    [
+        "uniform_",
+        "normal_",
+        "zero_",
+        "zeros_",
+        "ones_",
+        "fill_",
+        "constant_",
+        "xavier_uniform_",
+        "xavier_normal_",
+        "kaiming_uniform_",
+        "kaiming_normal_",
+        "trunc_normal_",
+    ]
+)
+_RNG_FACTORIES = ("randn", "rand", "randint", "randperm", "normal", "randn_like", "rand_like")
+
+
+class _InitRecorder(TorchFunctionMode):
+    """Records, on the meta device, the calls that initialise a model's tensors: in-place
+    calls on a tensor (``nn.init.*``, ``Tensor.uniform_`` ...; the outermost call only, as
+    the mode does not see the calls inside a handled one), ``view`` / ``reshape`` of them,
+    and random factories (which draw from the generator)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple] = []
+        self.views: dict[int, tuple[torch.Tensor, tuple]] = {}
+        self.keep: list[torch.Tensor] = []  # ids stay unique while recorded
+        self.derived: set[int] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        first = args[0] if args else kwargs.get("tensor")
+        if name in ("view", "reshape") and isinstance(first, torch.Tensor):
+            self.views[id(out)] = (first, tuple(args[1:]))
+            self.keep.append(out)
+        elif func == _DATA_GET and isinstance(out, torch.Tensor):  # p.data: the same values
+            self.views[id(out)] = (first, None)
+            self.keep.append(out)
+        elif name.endswith("_") and not name.startswith("__") and isinstance(first, torch.Tensor):
+            if id(first) in self.derived:  # e.g. a slice of a parameter: not tracked
+                raise _NotReplayable(f"{name} on a tensor derived from another")
+            values = (*args[1:], *(v for k, v in kwargs.items() if k != "tensor"))
+            rest = [a for a in values if isinstance(a, torch.Tensor)]
+            if rest:  # a value from another tensor: not replayable from the generator alone
+                raise _NotReplayable(f"{name} with a tensor argument")
+            a = tuple(args[1:]) if args and args[0] is first else ()
+            kw = {k: v for k, v in kwargs.items() if k != "tensor"}
+            self.ops.append(("inplace", func, first, a, kw))
+            self.keep.append(first)
+        elif name in _RNG_FACTORIES and isinstance(out, torch.Tensor):
+            self.ops.append(("factory", func, args, kwargs))
+        elif isinstance(first, torch.Tensor) and isinstance(out, torch.Tensor):
+            self.derived.add(id(out))  # slices, transposes, arithmetic: refused if written to
+            self.keep.append(out)
+        return out
+
+
+class _NotReplayable(RuntimeError):
+    pass
+
+
+def init_sharded(model, dit_config, seed: int) -> bool:
+    """Load mugv-dit's fresh initialisation (the weights of ``MUGDiT(dit_config)`` built on
+    CPU after ``torch.manual_seed(seed)``) into this rank's chunks, computing the full
+    tensors one at a time and keeping only this rank's TP slices of its layers.
+
+    The model is built on the meta device while its initialisation calls are recorded;
+    they are replayed on CPU in order, from the same seed, so every random draw is the
+    original's. A tensor this rank holds gets its own buffer from its last overwriting call
+    (e.g. the xavier init after the constructor's default init) to its last call, then
+    only its TP slice is kept; every other call draws into a scratch buffer of its shape.
+    Peak memory: this rank's shards, one scratch buffer per distinct tensor shape (about
+    one block) and about one full tensor (measured for the 1b width, 8 blocks, as TP rank
+    1 of 4: 27 % of the full model besides the shards, most of it the scratch).
+    Returns False (nothing loaded) when the initialisation uses a call that cannot be
+    replayed this way; the caller then builds the model in full."""
+    from megatron.core import parallel_state as ps
+
+    from mugv_dit import MUGDiT
+    from mugv_train.parallel._convert import dit_to_megatron, shard_for_tensor_parallel
+    from mugv_train.parallel._model import _chunks, _to_global
+
+    recorder = _InitRecorder()
+    try:
+        with torch.device("meta"), recorder:
+            dit = MUGDiT(dit_config)
+    except _NotReplayable:
+        return False
+    names = {id(p): n for n, p in dit.named_parameters()}
+
+    def resolve(t: torch.Tensor) -> tuple[str | None, list[tuple]]:
+        chain = []
+        while id(t) not in names and id(t) in recorder.views:
+            t, view = recorder.views[id(t)]
+            chain.append(view)
+        return names.get(id(t)), chain[::-1]
+
+    chunks = _chunks(model)
+    needed = {
+        _to_global(k, c.layer_offset)
+        for c in chunks
+        for k in c.state_dict()
+        if not k.endswith("_extra_state")
+    }
+    touched: dict[str, int] = {}  # the last call on each parameter
+    start: dict[str, int] = {}  # its first call, or its last call that overwrites it all
+    for i, op in enumerate(recorder.ops):
+        if op[0] == "inplace":
+            name, _ = resolve(op[2])
+            if name is not None:
+                touched[name] = i
+                start.setdefault(name, i)
+                if getattr(op[1], "__name__", "") in _OVERWRITES:
+                    start[name] = i
+    params = dict(dit.named_parameters())
+    untouched = [n for n in params if n not in touched]
+    if untouched:  # a value set outside the recorded calls (e.g. from a factory)
+        return False
+    heads = dit_config.num_heads
+    rank = ps.get_tensor_model_parallel_rank()
+    size = ps.get_tensor_model_parallel_world_size()
+    own = {n for n in params if set(dit_to_megatron({n: params[n]}, heads)) & needed}
+    buffers: dict[str, torch.Tensor] = {}
+    scratch: dict[tuple, torch.Tensor] = {}
+    shards: dict[str, torch.Tensor] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i, op in enumerate(recorder.ops):
+            if op[0] == "factory":
+                _, func, args, kwargs = op
+                func(*args, **{**kwargs, "device": "cpu"})  # the same draw, dropped
+                continue
+            _, func, target, args, kwargs = op
+            name, chain = resolve(target)
+            if name in own and i >= start[name]:  # earlier calls only draw: scratch
+                real = buffers.setdefault(name, torch.empty(params[name].shape))
+            else:
+                shape = tuple(target.shape) if name is None else tuple(params[name].shape)
+                real = scratch.setdefault(
+                    (shape, target.dtype), torch.empty(shape, dtype=target.dtype)
+                )
+            for view in chain if name is not None else []:
+                real = real if view is None else real.view(*view)
+            with torch.no_grad():
+                func(real, *args, **kwargs)
+            if name in own and touched[name] == i:  # final: keep this rank's slice only
+                full = dit_to_megatron({name: buffers.pop(name)}, heads)
+                shards.update(shard_for_tensor_parallel(full, rank, size))
+    for chunk in chunks:
+        local = {}
+        for k in chunk.state_dict():
+            g = _to_global(k, chunk.layer_offset)
+            if g in shards:
+                local[k] = shards[g]
+        missing, _ = chunk.load_state_dict(local, strict=False)
+        missing = [k for k in missing if not k.endswith("_extra_state")]
+        if missing:
+            raise RuntimeError(f"the fresh initialisation left {missing[:5]} unset")
+    return True
