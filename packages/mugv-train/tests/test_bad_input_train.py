@@ -215,7 +215,7 @@ def _cases(root: Path, tmp: Path):
         ([*run, "model=debug"], r"'model' is a section; set model\.FIELD=VALUE"),
         ([*run, "parallel.recompute=some"], r"recompute must be one of 'none', 'selective'"),
         ([*run, "parallel.transformer_impl=te"], r"transformer_impl must be one of 'local'"),
-        ([*run, "parallel.tensor_parallel=3"], r"model\.num_heads=4 cannot be split over "
+        ([*run, "parallel.tensor_parallel=3"], r"model\.num_heads=4 is not divisible by "
                                                r"parallel\.tensor_parallel=3"),
         ([*run, "parallel.virtual_pipeline=2"], r"virtual_pipeline=2 needs pipeline_parallel"),
         ([*run, "parallel.fp8=true"], r"fp8 needs transformer_impl='transformer_engine'"),

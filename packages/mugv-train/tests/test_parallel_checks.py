@@ -20,10 +20,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mugv_train"
 @pytest.mark.parametrize(
     ("layout", "model", "micro", "world", "needle"),
     [
-        (dict(tensor_parallel=4), dict(num_heads=2), 1, 4, "num_heads 2 is not divisible by"),
+        (dict(tensor_parallel=4), dict(num_heads=2), 1, 4, "model.num_heads=2 is not divisible by parallel.tensor_parallel=4"),
         (dict(pipeline_parallel=2, virtual_pipeline=2), dict(depth=6), 2, 2,
-         "depth 6 is not divisible by pipeline_parallel x virtual_pipeline = 2 x 2 = 4"),
-        (dict(pipeline_parallel=4), dict(depth=6), 1, 4, "depth 6 is not divisible"),
+         "model.depth=6 is not divisible by pipeline_parallel x virtual_pipeline = 2 x 2 = 4"),
+        (dict(pipeline_parallel=4), dict(depth=6), 1, 4, "model.depth=6 is not divisible"),
         (dict(pipeline_parallel=2, virtual_pipeline=2), dict(depth=4), 3, 2,
          "data.microbatches 3 is not a multiple of pipeline_parallel 2"),
         (dict(tensor_parallel=2, context_parallel=2), dict(), 1, 6,

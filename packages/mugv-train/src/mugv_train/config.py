@@ -110,6 +110,33 @@ def _finite_numbers(value: Any) -> bool:
     return True
 
 
+def check_parallel_divides(
+    num_heads: int,
+    depth: int,
+    tensor_parallel: int,
+    pipeline_parallel: int,
+    virtual_pipeline: int,
+    error: type[ValueError] = ValueError,
+) -> None:
+    """The one definition of the heads-vs-TP and depth-vs-PP x VPP checks (used by
+    :class:`TrainConfig` and by :func:`mugv_train.parallel._checks.check_layout`): raise
+    ``error`` naming the value and the fix."""
+    if num_heads % tensor_parallel:
+        raise error(
+            f"model.num_heads={num_heads} is not divisible by parallel.tensor_parallel="
+            f"{tensor_parallel}: each TP rank holds whole heads; use a tensor_parallel that "
+            f"divides {num_heads}"
+        )
+    stages = pipeline_parallel * virtual_pipeline
+    if depth % stages:
+        raise error(
+            f"model.depth={depth} is not divisible by pipeline_parallel x virtual_pipeline = "
+            f"{pipeline_parallel} x {virtual_pipeline} = {stages}: every virtual stage holds "
+            f"the same number of layers; choose pipeline_parallel x virtual_pipeline dividing "
+            f"{depth}"
+        )
+
+
 def _check_fields(obj: Any) -> None:
     """Every field of a config dataclass against its annotation.
 
@@ -444,18 +471,13 @@ class TrainConfig:
         _at_least(self, "max_nonfinite_steps", 1)
         if not self.name.strip():
             raise ValueError("TrainConfig.name must be a non-empty string (names the run)")
-        if self.model.num_heads % self.parallel.tensor_parallel:
-            raise ValueError(
-                f"model.num_heads={self.model.num_heads} cannot be split over "
-                f"parallel.tensor_parallel={self.parallel.tensor_parallel}; pick a TP degree "
-                "dividing the head count"
-            )
-        stages = self.parallel.pipeline_parallel * self.parallel.virtual_pipeline
-        if self.model.depth % stages:
-            raise ValueError(
-                f"model.depth={self.model.depth} is not divisible by pipeline_parallel x "
-                f"virtual_pipeline = {stages}; pick degrees whose product divides the depth"
-            )
+        check_parallel_divides(
+            self.model.num_heads,
+            self.model.depth,
+            self.parallel.tensor_parallel,
+            self.parallel.pipeline_parallel,
+            self.parallel.virtual_pipeline,
+        )
 
     # -- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

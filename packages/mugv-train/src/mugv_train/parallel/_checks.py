@@ -13,7 +13,7 @@ import os
 import torch
 
 from mugv_dit import DiTConfig
-from mugv_train.config import ParallelConfig
+from mugv_train.config import ParallelConfig, check_parallel_divides
 
 
 class ParallelLayoutError(ValueError):
@@ -59,21 +59,11 @@ def check_layout(
     world (``world_size``: the number of processes, read from ``WORLD_SIZE`` when None)."""
     tp, cp, pp = parallel.tensor_parallel, parallel.context_parallel, parallel.pipeline_parallel
     vpp = parallel.virtual_pipeline
-    if model.num_heads % tp:
-        raise ParallelLayoutError(
-            f"num_heads {model.num_heads} is not divisible by parallel.tensor_parallel {tp}: "
-            f"each TP rank holds whole heads; use a tensor_parallel that divides {model.num_heads}"
-        )
+    check_parallel_divides(model.num_heads, model.depth, tp, pp, vpp, ParallelLayoutError)
     if model.mlp_hidden_size % tp:
         raise ParallelLayoutError(
             f"the MLP width {model.mlp_hidden_size} is not divisible by parallel.tensor_parallel "
             f"{tp}; use a tensor_parallel that divides it"
-        )
-    if model.depth % (pp * vpp):
-        raise ParallelLayoutError(
-            f"depth {model.depth} is not divisible by pipeline_parallel x virtual_pipeline = "
-            f"{pp} x {vpp} = {pp * vpp}: every virtual stage holds the same number of layers; "
-            f"choose pipeline_parallel x virtual_pipeline dividing {model.depth}"
         )
     if vpp > 1 and microbatches is not None and microbatches % pp:
         raise ParallelLayoutError(

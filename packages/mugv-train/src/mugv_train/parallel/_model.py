@@ -24,7 +24,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
 
 from mugv_dit import DiTConfig, Mlp, PatchEmbed3D, TimestepEmbedder
-from mugv_train.config import ParallelConfig
+from mugv_train.config import ParallelConfig, check_parallel_divides
 from mugv_train.parallel._layers import MUGDiTBlockStack, ScaleShiftTable
 from mugv_train.parallel._spec import mugdit_layer_spec
 
@@ -240,11 +240,7 @@ class MegatronMUGDiT(MegatronModule):
         pp_rank = ps.get_pipeline_model_parallel_rank()
         pp_size = ps.get_pipeline_model_parallel_world_size()
         vp_size = max(1, parallel.virtual_pipeline)
-        if model.depth % (pp_size * vp_size):
-            raise ValueError(
-                f"depth {model.depth} is not divisible by pipeline_parallel x "
-                f"virtual_pipeline = {pp_size} x {vp_size}"
-            )
+        check_parallel_divides(model.num_heads, model.depth, 1, pp_size, vp_size)
         if not 0 <= vp_stage < vp_size:
             raise ValueError(f"vp_stage must be in [0, {vp_size}), got {vp_stage}")
         self.vp_stage = vp_stage
