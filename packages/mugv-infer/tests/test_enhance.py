@@ -736,7 +736,8 @@ def test_faulty_files_fail_before_building(files, tmp_path):
 def test_offline_without_cache_says_how_to_download(tmp_path):
     with offline_hf_cache(tmp_path / "empty"), pytest.raises(FileNotFoundError) as err:
         MUGVEnhancer.from_pretrained(**FP32)
-    assert "huggingface-cli download MUG-V/MUG-V-inference" in str(err.value)
+    assert "hf download MUG-V/MUG-V-inference" in str(err.value)
+    assert "offline mode is on" in str(err.value)  # told apart from the network (issue 19)
 
 
 # --------------------------------------------------------------------------- chaining and CLI
@@ -842,7 +843,8 @@ def test_cli_enhance_single_batch_and_errors(hub, tmp_path, capsys):
         assert __import__("re").search(message, err), err
     with offline_hf_cache(tmp_path / "empty"):
         assert main(["enhance", str(src), "--out", str(out), *common]) == 2
-    assert "huggingface-cli download MUG-V/MUG-V-inference" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "hf download MUG-V/MUG-V-inference" in err and "offline mode is on" in err
 
 
 def test_cli_generate_then_enhance(files, tmp_path, capsys):

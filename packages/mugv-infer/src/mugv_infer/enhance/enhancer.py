@@ -31,12 +31,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from mugv_infer.enhance import _weights as W
 from mugv_infer.enhance._video import prepare, to_uint8
+
+if TYPE_CHECKING:
+    from mugv_infer._hub import HubAccess
 
 OFFICIAL_REPO = "MUG-V/MUG-V-inference"
 WAN_REPO = "Wan-AI/Wan2.1-T2V-1.3B"
@@ -563,29 +566,32 @@ def _is_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~"))
 
 
-def _hub_file(repo: str, filename: str, hub: dict) -> Path:
-    from huggingface_hub import hf_hub_download
+def _access(hub: dict) -> tuple[HubAccess, dict]:
+    """Offline / reachable decided once (no retry loop without network), and the other
+    download options."""
+    from mugv_infer._hub import HubAccess
 
-    try:
-        return Path(hf_hub_download(repo, filename, **hub))
-    except Exception as exc:  # offline without cache, missing file, network errors
-        raise FileNotFoundError(
-            f"cannot get {filename!r} from the Hub repo {repo!r} ({type(exc).__name__}: "
-            f"{exc}). Download it once with network access: `huggingface-cli download {repo} "
-            f"{filename}`, then run offline (HF_HUB_OFFLINE=1); or pass a local folder"
-        ) from exc
+    access = HubAccess.check(hub.get("local_files_only", False))
+    return access, {k: v for k, v in hub.items() if k != "local_files_only"}
+
+
+def _hub_file(repo: str, filename: str, hub: dict) -> Path:
+    access, kwargs = _access(hub)
+    return Path(access.download(repo, filename, **kwargs))  # type: ignore[arg-type]
 
 
 def _hub_folder(repo: str, folder: str, hub: dict) -> Path:
     from huggingface_hub import snapshot_download
 
+    access, kwargs = _access(hub)
     try:
-        root = Path(snapshot_download(repo, allow_patterns=[f"{folder}/*"], **hub))
-    except Exception as exc:
-        raise FileNotFoundError(
-            f"cannot get the {folder!r} folder of {repo!r} ({type(exc).__name__}: {exc}); "
-            f"download it once: `huggingface-cli download {repo} --include '{folder}/*'`"
-        ) from exc
+        root = Path(
+            snapshot_download(
+                repo, allow_patterns=[f"{folder}/*"], local_files_only=access.cache_only, **kwargs
+            )
+        )
+    except Exception as exc:  # one line: offline / unreachable / repo not found
+        raise access.error(repo, f"{folder}/", exc, kwargs.get("cache_dir")) from None
     if not (root / folder).is_dir():
         raise FileNotFoundError(f"Hub repo {repo!r} has no {folder!r} folder")
     return root / folder
@@ -621,13 +627,16 @@ def _find_saved(repo_or_dir: str | os.PathLike[str], hub: dict) -> Path | None:
             f"{str(repo_or_dir)!r} is neither a local folder nor a Hub repo id like "
             f"{OFFICIAL_REPO!r}"
         )
-    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub import snapshot_download
 
+    access, kwargs = _access(hub)
     try:
-        hf_hub_download(str(repo_or_dir), _CONFIG, **hub)
-    except Exception:
+        found = access.download(str(repo_or_dir), _CONFIG, missing_ok=True, **kwargs)
+    except OSError:
+        found = None  # the official layout's loading names the failure
+    if found is None:
         return None  # no enhancer.json: the official layout (its errors come from there)
-    return Path(snapshot_download(str(repo_or_dir), **hub))
+    return Path(snapshot_download(str(repo_or_dir), local_files_only=access.cache_only, **kwargs))
 
 
 def _load_official(repo, wan_repo, hub, dtype, head_dim, lora_alpha, device, offload):
