@@ -128,3 +128,54 @@ def test_fresh_init_replayed_per_tensor_equals_mugv_dits_init(megatron_tp1, monk
 
     monkeypatch.setattr(MUGDiT, "initialize_weights", copies)
     assert not init_sharded(MegatronMUGDiT(cfg, init_weights=False), cfg, seed=11)
+
+
+def test_hub_id_is_read_shard_by_shard_from_the_cache(megatron_tp1, dit, tmp_path, monkeypatch):
+    """A Hub id as ``init_from`` (offline, a cache in the standard layout): resolved to the
+    cached files and read shard by shard, equal to the converted full state sliced; the
+    full-model loader is never called."""
+    from huggingface_hub import constants
+
+    from mugv_dit import MUGDiT
+    from mugv_testing import build_hf_cache
+    from mugv_train import loop
+    from mugv_train.config import TrainConfig
+    from mugv_train.parallel import (
+        MegatronMUGDiT,
+        dit_to_megatron,
+        full_state_dict,
+        shard_for_tensor_parallel,
+    )
+    from mugv_train.parallel._loading import read_megatron_shard, resolve_streamable
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    src = _sources(dit, tmp_path)
+    folder = src["mugv-dit folder"]
+    build_hf_cache(cache, "org/dit-diffusers", {f.name: f for f in folder.iterdir()})
+    build_hf_cache(cache, "org/dit-official", {"dit.pt": src["official dit.pt"]})
+
+    def no_full_load(*args, **kwargs):
+        raise AssertionError("the full model was loaded")
+
+    monkeypatch.setattr(MUGDiT, "from_pretrained", classmethod(no_full_load))
+    full = dit_to_megatron(dit.state_dict(), dit.config.num_heads)
+    config = TrainConfig(model=dit.config, output_dir=str(tmp_path / "run"), train_steps=1)
+    for repo in ("org/dit-diffusers", "org/dit-official"):
+        local = resolve_streamable(repo)
+        assert local is not None and str(cache) in local, (repo, local)
+        for rank in range(2):
+            got = read_megatron_shard(local, full, num_heads=4, tp_rank=rank, tp_size=2)
+            want = shard_for_tensor_parallel(full, rank, 2)
+            assert got.keys() == want.keys()
+            for k, v in want.items():
+                assert torch.equal(got[k], v), (repo, rank, k)
+        model = MegatronMUGDiT(dit.config, init_weights=False)
+        loop._load_initial([model], config, repo)
+        for k, v in full_state_dict(model).items():
+            assert torch.equal(v, full[k]), (repo, k)
+    with pytest.raises(FileNotFoundError, match="org/absent"):
+        resolve_streamable("org/absent")  # offline and not cached: mugv-dit's error

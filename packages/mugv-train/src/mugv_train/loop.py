@@ -67,7 +67,7 @@ from mugv_train.parallel import (
     seed_everything,
 )
 from mugv_train.parallel._checks import check_backend, check_layout
-from mugv_train.parallel._loading import can_stream, init_sharded, load_sharded
+from mugv_train.parallel._loading import init_sharded, load_sharded, resolve_streamable
 from mugv_train.parallel._model import load_stage_state_dict, stage_state_dict
 from mugv_train.parallel._state import (
     cp_rank_and_size,
@@ -140,10 +140,12 @@ def _load_initial(chunks: list[MegatronMUGDiT], config: TrainConfig, source: str
     """Weights of this rank's chunks, shard by shard: a local mugv-dit folder or official
     ``dit.pt`` (only this rank's layers and TP slices are read, :func:`load_sharded`); a
     fresh init (``source`` empty; mugv-dit's initialisation from ``config.seed``, replayed
-    one tensor at a time, :func:`init_sharded`). A Hub id is loaded in full on CPU, then
-    sharded."""
-    if source and can_stream(source):
-        load_sharded(chunks, source, config.model)
+    one tensor at a time, :func:`init_sharded`). A Hub id is resolved to its files in the
+    Hugging Face cache (honouring ``HF_HUB_OFFLINE``) and read from there shard by shard the
+    same way; only a format the shard reader does not know is loaded in full, then sharded."""
+    local = resolve_streamable(source) if source else None
+    if local is not None:
+        load_sharded(chunks, local, config.model)
         return
     if not source and init_sharded(chunks, config.model, config.seed):
         return

@@ -5,7 +5,9 @@ Sources: a mugv-dit folder (``config.json`` + ``*.safetensors``, one file or dif
 shards) is read with safetensors' ``get_slice`` (only the slice's bytes are read); an
 official ``dit.pt`` (a file, or a folder holding one) is memory-mapped with
 ``torch.load(mmap=True, weights_only=True)``, so only the pages of the slices are touched.
-Other sources (Hub ids) go through ``MUGDiT.from_pretrained`` (see ``loop.py``).
+A Hub id is first resolved to its files in the Hugging Face cache (downloaded there when
+online, the cache alone under ``HF_HUB_OFFLINE=1``; :func:`resolve_streamable`, through
+mugv-dit's own resolver), then read from there the same way.
 
 The slices equal :func:`~mugv_train.parallel.shard_for_tensor_parallel` of
 :func:`~mugv_train.parallel.dit_to_megatron` of the full state: a column-parallel
@@ -88,6 +90,22 @@ def can_stream(path: str) -> bool:
     if p.is_dir():
         return bool(sorted(p.glob("*.safetensors"))) or (p / "dit.pt").exists()
     return p.suffix == ".pt" and p.exists()
+
+
+def resolve_streamable(source: str) -> str | None:
+    """The local path :func:`load_sharded` reads for ``source``: the path itself when it is
+    a local mugv-dit folder / ``dit.pt``, or for a Hub repo id the folder (or ``dit.pt``) of
+    its files in the Hugging Face cache, fetched by mugv-dit's resolver (only the files of one
+    format; offline mode and the cache honoured). None when the files are in a format this
+    module does not read (the caller loads them in full). Missing files raise mugv-dit's
+    errors, naming the repo and the fix."""
+    if can_stream(source):
+        return source
+    from mugv_dit._checkpoint import resolve_pretrained
+
+    kind, paths = resolve_pretrained(source)
+    local = str(Path(paths[1]).parent) if kind == "legacy" else paths[0]
+    return local if can_stream(local) else None
 
 
 def check_folder_config(path: str | Path, model) -> None:
