@@ -198,7 +198,13 @@ class ParallelConfig:
     """With TP > 1: norms, modulation and residuals run on 1/TP of the tokens (reference
     §G.4 trains with TP 4 + SP). A no-op at TP 1."""
     context_parallel: int = 1
-    """CP degree: the token sequence is cut into CP chunks; self-attention all-gathers K/V."""
+    """CP degree: the token sequence is cut into CP chunks. Local spec: self-attention
+    all-gathers K/V (Megatron's mapping, the CPU reference path); Transformer Engine spec:
+    TE's attention exchanges K/V itself (``cp_comm_type``)."""
+    cp_comm_type: Literal["p2p", "all_gather", "a2a"] = "p2p"
+    """Transformer Engine's context-parallel communication in self-attention: ring ``p2p``
+    (overlapped with compute), ``all_gather`` of K/V, or ``a2a`` (Ulysses all-to-all over
+    heads). Ignored by the local spec and at CP 1."""
     pipeline_parallel: int = 1
     """PP degree: the layer stack is cut into PP stages (Megatron's 1F1B schedule)."""
     virtual_pipeline: int = 1

@@ -18,6 +18,7 @@ every tensor-parallel rank whole heads.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -124,10 +125,100 @@ class SDPACoreAttention(MegatronModule):
         v: torch.Tensor,
         key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        qb, kb, vb = (t.permute(1, 2, 0, 3) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=q.shape[-1] ** -0.5)
-        return out.permute(2, 0, 1, 3).flatten(2)
+        return sdpa_attention(q, k, v, key_mask)
+
+
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:class:`SDPACoreAttention`'s computation ([L, B, N, K] in, [Lq, B, N K] out)."""
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    qb, kb, vb = (t.permute(1, 2, 0, 3) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=q.shape[-1] ** -0.5)
+    return out.permute(2, 0, 1, 3).flatten(2)
+
+
+def te_padding_mask(key_mask: torch.Tensor) -> torch.Tensor:
+    """Our key mask ([B, L] bool, True = attend) as Transformer Engine's padding mask
+    ([B, 1, 1, L] bool, True = masked out), the form ``attn_mask_type='padding'`` takes."""
+    if key_mask.dtype != torch.bool or key_mask.dim() != 2:
+        raise ValueError(f"key_mask must be a [B, L] bool tensor, got {key_mask.dtype} "
+                         f"{tuple(key_mask.shape)}")  # fmt: skip
+    return ~key_mask[:, None, None, :]
+
+
+def te_attention_mask(
+    q_len: int, key_mask: torch.Tensor, attention_type: str
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """TE's ``attention_mask`` argument for a padding mask: one [B, 1, 1, L] tensor for
+    self-attention; for cross-attention the pair (query mask, key mask), every query kept
+    (the video tokens' own padding is masked as keys in self-attention, and its rows are
+    dropped by the model)."""
+    kv = te_padding_mask(key_mask)
+    if attention_type == "self":
+        return kv
+    q = torch.zeros(key_mask.shape[0], 1, 1, q_len, dtype=torch.bool, device=key_mask.device)
+    return q, kv
+
+
+class TECoreAttention(MegatronModule):
+    """Transformer Engine's fused attention (``TEDotProductAttention``: cuDNN / flash
+    kernels, FP8 capable), same interface as :class:`SDPACoreAttention`.
+
+    Self-attention runs TE's context parallelism over Megatron's CP group (``cp_comm_type``:
+    ring p2p, all_gather or a2a) on this rank's chunk of q/k/v; the caller then does not
+    gather K/V (:attr:`ring_exchange`). TE's CP takes no padding mask in the sbhd layout, so
+    a step whose tokens were padded (``key_mask`` given) with CP > 1 takes the reference
+    path instead (Megatron's K/V all-gather + SDPA, in :class:`MUGSelfAttention`).
+    Cross-attention attends to the replicated caption: no CP (built from a CP 1 copy of the
+    config), a padding mask on the caption keys.
+
+    Transformer Engine is imported here, only when the TE spec is built.
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        attention_type: str = "self",
+        cp_comm_type: str = "p2p",
+        **_: Any,
+    ) -> None:
+        super().__init__(config=config)
+        from megatron.core.extensions.transformer_engine import TEDotProductAttention
+        from megatron.core.transformer.enums import AttnMaskType
+
+        if attention_type not in ("self", "cross"):
+            raise ValueError(f"attention_type must be 'self' or 'cross', got {attention_type!r}")
+        self.attention_type = attention_type
+        te_config = config
+        if attention_type == "cross" and config.context_parallel_size > 1:
+            te_config = dataclasses.replace(config, context_parallel_size=1)
+        self.ring_exchange = attention_type == "self" and config.context_parallel_size > 1
+        head_dim = config.hidden_size // config.num_attention_heads
+        self.attention = TEDotProductAttention(
+            te_config,
+            layer_number=1,
+            attn_mask_type=AttnMaskType.padding,
+            attention_type=attention_type,
+            attention_dropout=0.0,
+            softmax_scale=head_dim**-0.5,
+            cp_comm_type=cp_comm_type if self.ring_exchange else None,
+        )
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        from megatron.core.transformer.enums import AttnMaskType
+
+        q, k, v = (t.contiguous() for t in (q, k, v))
+        if key_mask is None:
+            return self.attention(q, k, v, None, attn_mask_type=AttnMaskType.no_mask)
+        mask = te_attention_mask(q.shape[0], key_mask, self.attention_type)
+        return self.attention(q, k, v, mask, attn_mask_type=AttnMaskType.padding)
 
 
 # -- attention modules ----------------------------------------------------------------------------
@@ -239,15 +330,21 @@ class MUGSelfAttention(MegatronModule):
         # its own ring exchange): this rank's queries attend to the keys of every chunk.
         # Megatron's all-gather, whose backward reduce-scatters the K/V gradients of all
         # chunks' queries back onto the chunk that produced them.
+        # TE's attention exchanges K/V itself (ring / all-gather / a2a) when no padding mask
+        # is needed; otherwise (local spec, or padded tokens) the reference path.
+        core = self.core_attention
         cp = _cp_group()
-        if cp is not None:
+        te_ring = getattr(core, "ring_exchange", False)
+        if cp is not None and not (te_ring and key_mask is None):
             k = gather_from_sequence_parallel_region(k, True, group=cp)
             v = gather_from_sequence_parallel_region(v, True, group=cp)
+            if te_ring:  # TE's CP takes no padding mask in sbhd: attend without its ring
+                core = sdpa_attention
         if self.config.recompute_granularity == "selective" and torch.is_grad_enabled():
             # selective recompute: keep q, k, v; recompute the attention in the backward
-            out = checkpoint(self.core_attention, q, k, v, key_mask, use_reentrant=False)
+            out = checkpoint(core, q, k, v, key_mask, use_reentrant=False)
         else:
-            out = self.core_attention(q, k, v, key_mask)
+            out = core(q, k, v, key_mask)
         return self.linear_proj(out)
 
 

@@ -262,7 +262,7 @@ class MegatronMUGDiT(MegatronModule):
             self.end_token = nn.Parameter(torch.randn(d) * model.initializer_range)
         self.decoder = MUGDiTBlockStack(
             config,
-            mugdit_layer_spec(parallel.transformer_impl),
+            mugdit_layer_spec(parallel.transformer_impl, parallel.cp_comm_type),
             self.layer_offset,
             self.num_local_layers,
         )

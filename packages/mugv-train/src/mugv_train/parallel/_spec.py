@@ -1,8 +1,11 @@
 """Layer specs: which classes fill the parts of a :class:`MUGDiTLayer` (reference §G.2).
 
 ``local``: Megatron-Core's Column/RowParallelLinear, torch norms and an SDPA core attention;
-runs on CPU (gloo) and GPU. ``te``: Transformer Engine linears and norms (fused GEMMs, FP8
-capable) with the same SDPA core attention (flash kernels on CUDA); needs transformer-engine.
+runs on CPU (gloo) and GPU. ``transformer_engine``: Transformer Engine linears and norms
+(fused GEMMs, FP8 capable) and TE's fused attention (``TEDotProductAttention`` through
+:class:`TECoreAttention`: TE's context-parallel K/V exchange in self-attention, padding masks,
+no CP on the replicated caption in cross-attention); needs transformer-engine, imported only
+when this spec is built.
 The backend is a config field resolved once (``ParallelConfig.transformer_impl``).
 """
 
@@ -25,6 +28,7 @@ from mugv_train.parallel._layers import (
     MUGSelfAttention,
     SDPACoreAttention,
     SelfAttentionSubmodules,
+    TECoreAttention,
     bias_dropout_add,
     gated_bias_dropout_add,
 )
@@ -52,8 +56,18 @@ def _linears(impl: TransformerImpl) -> tuple[type, type, type]:
     raise ValueError(f"transformer_impl must be 'local' or 'transformer_engine', got {impl!r}")
 
 
-def mugdit_layer_spec(impl: TransformerImpl = "local") -> ModuleSpec:
-    """The ModuleSpec of one MUG-DiT block for the ``local`` or ``transformer_engine`` backend."""
+def _core_attention(impl: TransformerImpl, attention_type: str, cp_comm_type: str):
+    if impl == "local":
+        return SDPACoreAttention
+    params = {"attention_type": attention_type}
+    if attention_type == "self":
+        params["cp_comm_type"] = cp_comm_type
+    return ModuleSpec(module=TECoreAttention, params=params)
+
+
+def mugdit_layer_spec(impl: TransformerImpl = "local", cp_comm_type: str = "p2p") -> ModuleSpec:
+    """The ModuleSpec of one MUG-DiT block for the ``local`` or ``transformer_engine`` backend
+    (``cp_comm_type``: TE's context-parallel communication in self-attention)."""
     column, row, qk_norm = _linears(impl)
     return ModuleSpec(
         module=MUGDiTLayer,
@@ -63,7 +77,7 @@ def mugdit_layer_spec(impl: TransformerImpl = "local") -> ModuleSpec:
                 module=MUGSelfAttention,
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=column,
-                    core_attention=SDPACoreAttention,
+                    core_attention=_core_attention(impl, "self", cp_comm_type),
                     linear_proj=row,
                     q_layernorm=qk_norm,
                     k_layernorm=qk_norm,
@@ -76,7 +90,7 @@ def mugdit_layer_spec(impl: TransformerImpl = "local") -> ModuleSpec:
                 submodules=CrossAttentionSubmodules(
                     linear_q=column,
                     linear_kv=column,
-                    core_attention=SDPACoreAttention,
+                    core_attention=_core_attention(impl, "cross", cp_comm_type),
                     linear_proj=row,
                     q_layernorm=qk_norm,
                     k_layernorm=qk_norm,
