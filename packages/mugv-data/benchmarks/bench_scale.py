@@ -214,7 +214,7 @@ def main() -> None:
         f"videos): records {sizes['records'] / c:,.0f} B, `manifest.parquet` "
         f"{sizes['manifest'] / c:,.0f} B, `videos.parquet` {sizes['videos.parquet'] / c:,.0f} B "
         "(per clip; small runs pay Parquet's fixed footer, so the Parquet figures fall with "
-        "size: see the 100,000-record row below).",
+        "size).",
         "",
         "Driver memory: N records (2 passed clips each, random hashes, so dedup keeps all) and "
         "a JSONL manifest of N inputs; `curate` in a fresh process resumes every video. "
