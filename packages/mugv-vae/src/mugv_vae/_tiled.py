@@ -12,10 +12,21 @@ over the tiles of the whole activation (each element counted once), then every t
 normalised with those global statistics. The mid-block attention runs on the whole
 latent-resolution map (h * w tokens), the only place a full map goes to the compute device.
 Result: tiled equals untiled up to float rounding (reduction order), for any tile size.
+
+Tile sizes: a layer's tile edge is the configured tile scaled to the layer's resolution
+(8x at full pixel resolution), or larger where the layer is narrow enough: every tile may
+hold up to ``budget`` elements (input or output, all batch items, channels and frames;
+by default the decoder's full-resolution 256-channel tile, the largest tile the scaled plan
+already holds). Lower-resolution layers thus run in few tiles (often one) instead of many
+small ones: each tile costs a kernel launch and a weight reorder, so many small tiles
+made the tiled run several times slower than the untiled one, for the same peak memory.
+Spans are balanced (no thin last tile).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 
 import torch
@@ -31,6 +42,7 @@ from mugv_vae._layers import (
     TemporalDecoder,
     TemporalEncoder,
     _depth_to_time,
+    norm_silu,
 )
 
 Stats = tuple[torch.Tensor, torch.Tensor]
@@ -38,14 +50,18 @@ TileFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _spans(n: int, edge: int) -> list[tuple[int, int]]:
-    return [(s, min(s + edge, n)) for s in range(0, n, edge)]
+    """[0, n) in ceil(n / edge) near-equal spans, none longer than ``edge``."""
+    k = -(-n // max(edge, 1))
+    cuts = [n * i // k for i in range(k + 1)]
+    return list(itertools.pairwise(cuts))
 
 
 class TiledRunner:
     """Runs the trunk and temporal networks tile by tile (see the module docstring).
 
     ``tile``: tile edge in latent pixels (scaled by the layer's resolution: 8x at full pixel
-    resolution); ``latent_hw``: the latent (h, w) of the frame being processed.
+    resolution); ``latent_hw``: the latent (h, w) of the frame being processed; ``budget``:
+    elements one tile may hold (see the module docstring; 0 = the scaled edge only).
     """
 
     def __init__(
@@ -54,31 +70,41 @@ class TiledRunner:
         latent_hw: tuple[int, int],
         device: torch.device,
         park: torch.device,
+        budget: int = 0,
     ) -> None:
         self.tile = tile
         self.lat_h, self.lat_w = latent_hw
         self.device = device
         self.park = park
+        self.budget = budget
 
     # -- tiles ----------------------------------------------------------------------------
-    def _tiles(self, ho: int, wo: int) -> list[tuple[int, int, int, int]]:
+    def _tiles(self, ho: int, wo: int, per_pixel: int = 0) -> list[tuple[int, int, int, int]]:
+        """Output tiles of an ho x wo map whose tiles hold ``per_pixel`` elements per pixel."""
         ey = self.tile * max(1, ho // max(self.lat_h, 1))
         ex = self.tile * max(1, wo // max(self.lat_w, 1))
+        if self.budget and per_pixel:
+            if per_pixel * ho * wo <= self.budget:
+                return [(0, ho, 0, wo)]
+            edge = math.isqrt(self.budget // per_pixel)
+            ey, ex = max(ey, edge), max(ex, edge)
         return [(y0, y1, x0, x1) for y0, y1 in _spans(ho, ey) for x0, x1 in _spans(wo, ex)]
 
     # -- GroupNorm, two-pass ----------------------------------------------------------------
     def gn_stats(self, x: torch.Tensor, norm: nn.GroupNorm) -> Stats:
         """Global per-(sample, group) mean and variance of ``x`` [B, C, ..., H, W]."""
+        # per tile: float32 mean and variance (torch.var_mean), merged over the tiles in
+        # float64 with the parallel-variance formula (Chan et al.): no float64 copy of x
         b, g = x.shape[0], norm.num_groups
-        s = torch.zeros(b, g, device=self.device, dtype=torch.float64)
-        ss = torch.zeros_like(s)
-        for y0, y1, x0, x1 in self._tiles(x.shape[-2], x.shape[-1]):
-            t = x[..., y0:y1, x0:x1].to(self.device, torch.float64).reshape(b, g, -1)
-            s += t.sum(-1)
-            ss += (t * t).sum(-1)
-        n = x[0].numel() // g
-        mean = s / n
-        var = (ss / n - mean * mean).clamp_min(0)
+        per_pixel = x[0].numel() // (x.shape[-2] * x.shape[-1]) * b
+        parts = []
+        for y0, y1, x0, x1 in self._tiles(x.shape[-2], x.shape[-1], per_pixel):
+            t = x[..., y0:y1, x0:x1].to(self.device).reshape(b, g, -1)
+            var, mean = torch.var_mean(t.float(), dim=-1, correction=0)
+            parts.append((t.shape[-1], mean.double(), var.double()))
+        n = sum(k for k, _, _ in parts)
+        mean = sum(k * m for k, m, _ in parts) / n
+        var = sum(k * (v + (m - mean) ** 2) for k, m, v in parts) / n
         return mean, var
 
     @staticmethod
@@ -96,8 +122,19 @@ class TiledRunner:
         return y.to(t.dtype)
 
     def _norm_act(self, x: torch.Tensor, norm: nn.GroupNorm) -> TileFn:
-        stats = self.gn_stats(x, norm)
-        return lambda t: F.silu(self.gn_apply(t, stats, norm))
+        """GroupNorm + SiLU of tiles of ``x``. A tile that is the whole of ``x`` (a layer in
+        one tile) is normalised by the GroupNorm module itself, as untiled; the two-pass
+        statistics are computed only when a partial tile needs them."""
+        stats: list[Stats] = []
+
+        def fn(t: torch.Tensor) -> torch.Tensor:
+            if t.shape == x.shape:
+                return norm_silu(norm, t)
+            if not stats:
+                stats.append(self.gn_stats(x, norm))
+            return F.silu(self.gn_apply(t, stats[0], norm))
+
+        return fn
 
     # -- convolutions -----------------------------------------------------------------------
     def conv(
@@ -130,8 +167,21 @@ class TiledRunner:
         fn = F.conv3d if isinstance(conv, nn.Conv3d) else F.conv2d
         hh, ww = x.shape[-2] * up, x.shape[-1] * up
         ho, wo = (hh + pt + pb - k) // s + 1, (ww + pl + pr - k) // s + 1
+        frames = x.shape[2] if x.ndim == 5 else 1
+        per_pixel = x.shape[0] * frames * max(conv.out_channels, x.shape[1] * s * s)
+        tiles = self._tiles(ho, wo, per_pixel)
+        if len(tiles) == 1 and pad is None:  # the layer in one tile: the module itself
+            xt = x.to(self.device)
+            xt = pre(xt) if pre is not None else xt
+            if up > 1:
+                xt = F.interpolate(xt, scale_factor=float(up), mode="nearest")
+            yt = module(xt)
+            if residual is not None:
+                r = residual.to(self.device)
+                yt = yt + (res_fn(r) if res_fn is not None else r)
+            return yt.to(self.park)
         out: torch.Tensor | None = None
-        for y0, y1, x0, x1 in self._tiles(ho, wo):
+        for y0, y1, x0, x1 in tiles:
             a, b = y0 * s - pt, (y1 - 1) * s - pt + k  # input rows the conv reads
             c, d = x0 * s - pl, (x1 - 1) * s - pl + k
             ca, cb, cc, cd = max(a, 0), min(b, hh), max(c, 0), min(d, ww)

@@ -94,7 +94,11 @@ class VAEConfig:
     decode_window: int = 6
     """Latent frames decoded together (official: 6). Windows do not see each other."""
     tile_latent_size: int | None = None
-    """Spatial tile edge in latent pixels for tiled encode/decode; ``None`` disables tiling."""
+    """Spatial tile edge in latent pixels for tiled encode/decode; ``None`` disables tiling.
+    Exact tiling scales it to each layer's resolution (8x at full pixel resolution) and lets
+    narrower, lower-resolution layers take larger tiles up to the same element count as the
+    decoder's full-resolution tile (``micro_batch_size`` x ``block_out_channels[1]`` x
+    (8 x tile)^2), so peak memory still follows the tile."""
     tile_latent_overlap: int = 4
     """Overlap between neighbouring tiles in latent pixels (``tile_mode="blend"`` only)."""
     tile_mode: str = "exact"

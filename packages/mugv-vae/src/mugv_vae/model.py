@@ -278,7 +278,11 @@ class VideoVAE(ModelMixin, ConfigMixin):
         c = self.config
         assert c.tile_latent_size is not None
         park = self.device if c.tile_park_device is None else torch.device(c.tile_park_device)
-        return TiledRunner(c.tile_latent_size, (h, w), self.device, park)
+        # tile budget: the decoder's full-resolution tile (micro-batch x the second trunk
+        # width x the tile in pixels), the largest one the scaled tile plan already holds
+        edge = SPACE_FACTOR * c.tile_latent_size
+        budget = c.micro_batch_size * c.block_out_channels[1] * edge * edge
+        return TiledRunner(c.tile_latent_size, (h, w), self.device, park, budget)
 
     # ------------------------------------------------------------------------------------
     # tiling
