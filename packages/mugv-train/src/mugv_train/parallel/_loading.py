@@ -101,7 +101,7 @@ def resolve_streamable(source: str) -> str | None:
     errors, naming the repo and the fix."""
     if can_stream(source):
         return source
-    from mugv_dit._checkpoint import resolve_pretrained
+    from mugv_dit import resolve_pretrained
 
     kind, paths = resolve_pretrained(source)
     local = str(Path(paths[1]).parent) if kind == "legacy" else paths[0]
