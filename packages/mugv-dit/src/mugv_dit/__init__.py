@@ -12,7 +12,9 @@ Entry points:
 - Fused ops (``backend="torch" | "triton" | "auto"``): `modulated_layernorm`,
   `gated_residual`, `qk_norm_rope`; attention backends: `attention`, `cross_attention`.
 - `convert_official_checkpoint`, `resolve_pretrained` (a Hub id or a path -> the weight
-  files to read, through the Hugging Face cache) and the ``mugv-dit`` command line.
+  files to read, through the Hugging Face cache), `HubAccess` (Hub downloads that fail fast
+  with one line: offline, unreachable, not found, not cached) and the ``mugv-dit`` command
+  line.
 
 Everything not listed in ``__all__`` is private.
 """
@@ -22,6 +24,7 @@ from mugv_dit._quiet import quiet_third_party_imports as _quiet_imports
 with _quiet_imports():  # third-party import noise only, see _quiet
     from mugv_dit._attention import attention, cross_attention
     from mugv_dit._checkpoint import convert_official_checkpoint, resolve_pretrained
+    from mugv_dit._hub import HubAccess
     from mugv_dit.config import PRESETS, DiTConfig
     from mugv_dit.kernels import gated_residual, modulated_layernorm, qk_norm_rope
     from mugv_dit.layers.attention import CrossAttention, RMSNorm, SelfAttention
@@ -46,6 +49,7 @@ __all__ = [
     "CrossAttention",
     "DiTConfig",
     "FinalLayer",
+    "HubAccess",
     "MUGDiT",
     "MUGDiTBlock",
     "Mlp",

@@ -1,4 +1,5 @@
-"""Hub access that fails fast and says why, in one line.
+"""Hub access that fails fast and says why, in one line (public as ``mugv_dit.HubAccess``;
+mugv-infer uses it too).
 
 ``huggingface_hub`` retries a failed connection five times with back-off (about 24 s per
 file), then reports every failure alike: "cannot find the requested files in the local

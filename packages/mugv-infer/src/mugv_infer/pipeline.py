@@ -980,7 +980,7 @@ def _resolve_weights(
         raise FileNotFoundError(
             f"{repo!r} is neither a local folder nor a Hub repo id like {OFFICIAL_REPO!r}"
         )
-    from mugv_infer._hub import HubAccess
+    from mugv_dit import HubAccess
 
     hub = HubAccess.check(local_files_only)  # offline / reachable, decided once (issue 19)
     kwargs = {"revision": revision, "cache_dir": cache_dir, "token": token}

@@ -39,7 +39,7 @@ from mugv_infer.enhance import _weights as W
 from mugv_infer.enhance._video import prepare, to_uint8
 
 if TYPE_CHECKING:
-    from mugv_infer._hub import HubAccess
+    from mugv_dit import HubAccess
 
 OFFICIAL_REPO = "MUG-V/MUG-V-inference"
 WAN_REPO = "Wan-AI/Wan2.1-T2V-1.3B"
@@ -569,7 +569,7 @@ def _is_hub_id(name: str) -> bool:
 def _access(hub: dict) -> tuple[HubAccess, dict]:
     """Offline / reachable decided once (no retry loop without network), and the other
     download options."""
-    from mugv_infer._hub import HubAccess
+    from mugv_dit import HubAccess
 
     access = HubAccess.check(hub.get("local_files_only", False))
     return access, {k: v for k, v in hub.items() if k != "local_files_only"}
