@@ -173,3 +173,89 @@ def test_band_indexed_dedup_equals_all_pairs():
     expected = _all_pairs(rows, cfg)
     assert len(expected) > 20
     assert sorted(sorted(g) for g in groups.values()) == expected
+
+
+def _reference_decisions(records, cfg):
+    """The across-clip pass as plain dicts per clip (the form it had before the compact
+    columns): dedup over clip-id order, buckets, tags and weights of the kept clips."""
+    from mugv_data.stages.buckets import assign_bucket
+    from mugv_data.stages.dedup import entity_tags, stratified_weights
+
+    passed = sorted(
+        (c for r in records for c in r["clips"] if c["status"] == "passed"),
+        key=lambda c: c["clip_id"],
+    )
+    out = {}
+    for cid, (keep, d) in duplicate_groups(passed, cfg.dedup).items():
+        kind = "exact duplicate" if d == 0 else f"near duplicate (distance {d:.1f})"
+        out[cid] = dict(status="dropped", stage="dedup", reason=f"{kind} of {keep}",
+                        duplicate_of=keep, duplicate_distance=float(d))  # fmt: skip
+    kept = []
+    for c in passed:
+        if c["clip_id"] in out:
+            continue
+        b = assign_bucket(c["width"], c["height"], c["duration_s"], cfg.buckets)
+        if b is None:
+            out[c["clip_id"]] = dict(status="dropped", stage="bucket",
+                reason="fits no bucket (too small or too short for the bucket table)")  # fmt: skip
+        else:
+            out[c["clip_id"]] = b
+            kept.append(c)
+    tags = [entity_tags(c["caption"], cfg.balance) for c in kept]
+    strata, weights = stratified_weights(tags, cfg.balance)
+    for c, t, s, w in zip(kept, tags, strata, weights):
+        out[c["clip_id"]].update(status="kept", tags=" ".join(t), stratum=s, weight=w)
+    return out
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_compact_finalize_equals_per_clip_dicts(alpha):
+    """``finalize`` keeps numpy columns per clip; its rows equal the dict-per-clip pass on
+    records with near and exact copies, clips without hashes, untagged captions, clips
+    that fit no bucket, and rows of 2 and 3 hashes."""
+    import random
+    from dataclasses import replace
+
+    from mugv_data import CurationConfig, finalize
+
+    cfg = CurationConfig.preset("synthetic")
+    cfg = replace(cfg, balance=replace(cfg.balance, alpha=alpha))
+    rng = random.Random(1)
+    words = ["cat", "dog", "red", "car", "sea", "tree", "a", "the", "runs", "fast", "bird"]
+    base = [[rng.getrandbits(64) for _ in range(3)] for _ in range(30)]
+    records = {}
+    for _ in range(250):
+        key = f"k{rng.randrange(10**6):06d}"
+        clips = []
+        for k in range(rng.randrange(0, 4)):
+            nf, b = rng.choice([3, 3, 3, 2]), rng.randrange(30)
+            exact = rng.random() < 0.3
+            noise = [0 if exact else rng.getrandbits(64) & rng.getrandbits(64)
+                     & rng.getrandbits(64) & rng.getrandbits(64) for _ in range(nf)]  # fmt: skip
+            copy = rng.random() < 0.6
+            hs = [base[b][f] ^ noise[f] if copy else rng.getrandbits(64) for f in range(nf)]
+            st = rng.choice(["passed"] * 4 + ["dropped"])
+            w, h = rng.choice([(64, 48), (1280, 720), (720, 1280), (16, 16), (1920, 1080)])
+            clips.append({
+                "clip_id": f"{key}-{k:03d}", "video_key": key, "status": st,
+                "stage": None if st == "passed" else "sharpness", "reason": None,
+                "phash": [f"{x:016x}" for x in hs] if rng.random() > 0.05 else [],
+                "duration_s": rng.choice([0.5, 2.0, 2.1, 2.4, 5.0]), "width": w, "height": h,
+                "caption": " ".join(rng.choice(words) for _ in range(rng.randrange(0, 5))),
+            })  # fmt: skip
+        records[key] = {"key": key, "path": key, "source": "s", "status": "ok", "stage": None,
+                        "reason": None, "probe": {}, "scenes": {}, "clips": clips}  # fmt: skip
+    records = list(records.values())
+    ref = _reference_decisions(records, cfg)
+    rows, videos = finalize(records, cfg)
+    assert len(videos) == len(records)
+    statuses = {}
+    for r in rows:
+        if r["status"] == "dropped" and r["stage"] == "sharpness":
+            continue
+        want = ref[r["clip_id"]]
+        assert {k: r[k] for k in want} == want, r["clip_id"]
+        statuses[r["stage"] or "kept"] = statuses.get(r["stage"] or "kept", 0) + 1
+    assert len(ref) == sum(statuses.values())
+    assert all(statuses.get(k, 0) >= 5 for k in ("dedup", "bucket", "kept")), statuses
+    assert any(r["duplicate_distance"] == 0 for r in rows if r["stage"] == "dedup")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from mugv_data._model_stages import ModelRunner, Models, check_model_settings, model_kinds
@@ -36,7 +37,7 @@ from mugv_data.config import CurationConfig
 from mugv_data.shards import atomic_write_bytes
 from mugv_data.stages import quality
 from mugv_data.stages.buckets import assign_bucket
-from mugv_data.stages.dedup import duplicate_groups, entity_tags, stratified_weights
+from mugv_data.stages.dedup import duplicate_links, entity_tags
 from mugv_data.stages.scenes import split_scenes
 
 __all__ = [
@@ -384,48 +385,161 @@ _CLIP_COLUMNS = [
 ]  # fmt: skip
 
 
-def _decisions(records: Iterable[dict], cfg: CurationConfig) -> dict[str, dict]:
-    """One pass over the records: the across-clip outcome (dedup, bucket, tags, weight) of
-    every clip that passed the per-clip stages, as ``clip_id -> updates``.
+class _Column:
+    """Values appended one at a time, held as numpy chunks (not Python objects)."""
 
-    Holds a few fields per passed clip (id, hashes, size, duration, caption), never records.
+    def __init__(self, dtype: str | None) -> None:
+        self.dtype, self.buf, self.parts = dtype, [], []
+
+    def add(self, v) -> None:
+        self.buf.append(v)
+        if len(self.buf) >= 65536:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.buf:
+            self.parts.append(np.array(self.buf, dtype=self.dtype))
+            self.buf = []
+
+    def array(self) -> np.ndarray:
+        self._flush()
+        if not self.parts:
+            return np.zeros(0, self.dtype or "S1")
+        out = np.concatenate(self.parts)
+        self.parts = []
+        return out
+
+
+class _Decisions:
+    """The across-clip outcome (dedup, bucket, tags, weight) of every clip that passed the
+    per-clip stages, from one pass over the records.
+
+    Holds compact numpy columns per passed clip (UTF-8 id, uint64 hashes, duration, area,
+    bucket index, tag ids), never records or per-clip Python objects; the output pass asks
+    for each passed clip's updates with ``take(clip_id)``, in the order of the first pass.
     """
-    passed: list[dict] = []
-    for r in records:
-        for c in r["clips"]:
-            if c["status"] == "passed":
-                passed.append({k: c.get(k) for k in ("clip_id", "phash", "duration_s", "width",
-                                                     "height", "caption")})  # fmt: skip
-    passed.sort(key=lambda c: c["clip_id"])
-    out: dict[str, dict] = {}
-    if cfg.dedup.enabled:
-        for cid, (keep, d) in duplicate_groups(passed, cfg.dedup).items():
+
+    def __init__(self, records: Iterable[dict], cfg: CurationConfig) -> None:
+        self.cfg = cfg
+        ids, dur, area, bucket = _Column(None), _Column("f8"), _Column("i8"), _Column("i4")
+        ntags, tag_ids = _Column("i4"), _Column("i4")
+        by_len: dict[int, tuple[_Column, _Column]] = {}
+        vocab: dict[str, int] = {}
+        self.buckets: list[dict] = []
+        bucket_index: dict[tuple, int] = {}
+        n = 0
+        for r in records:
+            for c in r["clips"]:
+                if c["status"] != "passed":
+                    continue
+                ids.add(c.get("clip_id").encode())
+                w, h, d = c.get("width"), c.get("height"), c.get("duration_s")
+                dur.add(d)
+                area.add(w * h)
+                ph = c.get("phash")
+                if ph:  # clips without hashes are never duplicates
+                    idx, hs = by_len.setdefault(len(ph), (_Column("i8"), _Column("u8")))
+                    idx.add(n)
+                    for x in ph:
+                        hs.add(int(x, 16))
+                b = assign_bucket(w, h, d, cfg.buckets)
+                if b is None:
+                    bucket.add(-1)
+                else:
+                    key = tuple(b.items())
+                    if key not in bucket_index:
+                        bucket_index[key] = len(self.buckets)
+                        self.buckets.append(b)
+                    bucket.add(bucket_index[key])
+                cap = c.get("caption")
+                if cap is None:
+                    ntags.add(-1)  # untaggable: an error if the clip is kept
+                else:
+                    ts = entity_tags(cap, cfg.balance)
+                    ntags.add(len(ts))
+                    for t in ts:
+                        tag_ids.add(vocab.setdefault(t, len(vocab)))
+                n += 1
+        self.ids, self.bucket = ids.array(), bucket.array()
+        dur_a, area_a = dur.array(), area.array()
+        self.ntags, self.tag_ids = ntags.array(), tag_ids.array()
+        self.tag_start = np.concatenate([[0], np.cumsum(np.maximum(self.ntags, 0))]).astype(
+            np.int64
+        )
+        self.vocab = list(vocab)
+        del vocab
+        hash_sets = [
+            (i.array(), h.array().reshape(-1, frames)) for frames, (i, h) in by_len.items()
+        ]
+        del by_len
+        self.dups: dict[int, tuple[int, float]] = {}
+        if cfg.dedup.enabled:
+            self.dups = duplicate_links(hash_sets, dur_a, area_a, self.ids, cfg.dedup)
+        del hash_sets, dur_a, area_a
+        kept = self.bucket >= 0
+        if self.dups:
+            kept[np.fromiter(self.dups, dtype=np.int64, count=len(self.dups))] = False
+        bad = np.flatnonzero(kept & (self.ntags < 0))
+        if len(bad):
+            entity_tags(None, cfg.balance)  # type: ignore[arg-type]  # raises, as before
+        # Tag counts over kept clips (a clip's tags are distinct), then each kept clip's
+        # stratum: its rarest tag, ties by the tag's string order.
+        nv = len(self.vocab)
+        on = np.repeat(kept, np.maximum(self.ntags, 0))
+        counts = np.bincount(self.tag_ids[on], minlength=nv).astype(np.int64)
+        rank = np.empty(nv, dtype=np.int64)
+        rank[sorted(range(nv), key=self.vocab.__getitem__)] = np.arange(nv)
+        by_rank = np.argsort(rank)
+        self.stratum = np.full(n, -2, dtype=np.int32)  # -2: not kept, -1: untagged ('')
+        self.stratum[kept & (self.ntags == 0)] = -1
+        tagged = np.flatnonzero(kept & (self.ntags > 0))
+        if len(tagged):
+            t = self.tag_ids[np.repeat(kept & (self.ntags > 0), np.maximum(self.ntags, 0))]
+            key = counts[t] * nv + rank[t]
+            starts = np.concatenate([[0], np.cumsum(self.ntags[tagged])[:-1]]).astype(np.int64)
+            self.stratum[tagged] = by_rank[np.minimum.reduceat(key, starts) % nv]
+        # Weights: count(stratum) ** -alpha, normalised to mean 1 over kept clips in id order.
+        order = np.argsort(self.ids, kind="stable")
+        ks = self.stratum[order]
+        ks = ks[ks >= -1]
+        size = np.bincount(ks + 1, minlength=nv + 1)
+        self.raw = [int(c) ** -cfg.balance.alpha if c else 0.0 for c in size]
+        self.mean = sum(self.raw[s + 1] for s in ks.tolist()) / len(ks) if len(ks) else 1.0
+        del order, ks
+        self.pos = 0
+
+    def take(self, clip_id: str) -> dict:
+        """The updates of the next passed clip (it must be ``clip_id``)."""
+        i = self.pos
+        if i >= len(self.ids) or self.ids[i] != clip_id.encode():
+            raise RuntimeError(f"record files changed during the run (at clip {clip_id})")
+        self.pos += 1
+        if i in self.dups:
+            keep, d = self.dups[i]
+            keep_id = self.ids[keep].decode()
             kind = "exact duplicate" if d == 0 else f"near duplicate (distance {d:.1f})"
-            out[cid] = dict(status="dropped", stage="dedup", reason=f"{kind} of {keep}",
-                            duplicate_of=keep, duplicate_distance=float(d))  # fmt: skip
-    kept = []
-    for c in passed:
-        if c["clip_id"] in out:
-            continue
-        b = assign_bucket(c["width"], c["height"], c["duration_s"], cfg.buckets)
-        if b is None:
-            out[c["clip_id"]] = dict(status="dropped", stage="bucket",
+            return dict(status="dropped", stage="dedup", reason=f"{kind} of {keep_id}",
+                        duplicate_of=keep_id, duplicate_distance=float(d))  # fmt: skip
+        b = int(self.bucket[i])
+        if b < 0:
+            return dict(status="dropped", stage="bucket",
                 reason="fits no bucket (too small or too short for the bucket table)")  # fmt: skip
-        else:
-            out[c["clip_id"]] = b
-            kept.append(c)
-    tags = [entity_tags(c["caption"], cfg.balance) for c in kept]
-    strata, weights = stratified_weights(tags, cfg.balance)
-    for c, t, s, w in zip(kept, tags, strata, weights):
-        out[c["clip_id"]].update(status="kept", tags=" ".join(t), stratum=s, weight=w)
-    return out
+        s = int(self.stratum[i])
+        t0, t1 = self.tag_start[i], self.tag_start[i + 1]
+        return {
+            **self.buckets[b],
+            "status": "kept",
+            "tags": " ".join(self.vocab[t] for t in self.tag_ids[t0:t1].tolist()),
+            "stratum": self.vocab[s] if s >= 0 else "",
+            "weight": self.raw[s + 1] / self.mean,
+        }
 
 
-def _rows_of(rec: dict, decided: dict[str, dict]) -> tuple[list[dict], dict]:
+def _rows_of(rec: dict, decided: _Decisions) -> tuple[list[dict], dict]:
     """A record's manifest rows (clip order) and its videos row, with the decisions."""
     rows = []
     for c in rec["clips"]:
-        c = {**c, **decided.get(c["clip_id"], {})} if c["status"] == "passed" else c
+        c = {**c, **decided.take(c["clip_id"])} if c["status"] == "passed" else c
         rows.append(
             {k: (" ".join(c[k]) if k == "phash" and k in c else c.get(k)) for k in _CLIP_COLUMNS}
         )
@@ -446,7 +560,7 @@ def _rows_of(rec: dict, decided: dict[str, dict]) -> tuple[list[dict], dict]:
 def finalize(records: list[dict], cfg: CurationConfig) -> tuple[list[dict], list[dict]]:
     """Dedup, tags and weights, buckets: returns (clip rows, video rows), sorted by id."""
     records = sorted(records, key=lambda r: r["key"])
-    decided = _decisions(records, cfg)
+    decided = _Decisions(records, cfg)
     rows, videos = [], []
     for r in records:
         rr, v = _rows_of(r, decided)
@@ -670,7 +784,7 @@ class Pipeline:
                     raise RuntimeError(f"record of {item.path} missing after the run: {out}")
                 yield rec
 
-        decided = _decisions(records(), cfg)
+        decided = _Decisions(records(), cfg)
         counts: dict[str, int] = {"videos": 0, "failed_videos": 0}
         clips_out = _ParquetStream(out / "manifest.parquet", _clip_schema())
         videos_out = _ParquetStream(out / "videos.parquet", _video_schema())

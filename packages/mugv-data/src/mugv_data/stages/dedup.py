@@ -61,30 +61,54 @@ def duplicate_groups(clips: list[dict], cfg: DedupConfig) -> dict[str, tuple[str
     """Map each duplicate clip id -> (id of the clip kept instead, hash distance).
 
     ``clips`` in a fixed order (clip id); each needs ``clip_id``, ``phash`` (hex strings),
-    ``duration_s``, ``width``, ``height``. Memory: the hashes as one uint64 array and the
-    matching pairs; candidate groups are compared as they are found, a block of rows at a
-    time, and never stored.
+    ``duration_s``, ``width``, ``height``. See ``duplicate_links`` for the arrays form.
     """
-    n = len(clips)
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    dist: dict[tuple[int, int], float] = {}
     by_len: dict[int, list[int]] = {}
     for i, c in enumerate(clips):
         if c["phash"]:  # clips without hashes are never duplicates
             by_len.setdefault(len(c["phash"]), []).append(i)
-    dur = np.array([c["duration_s"] for c in clips], dtype=np.float64)
-    for frames, idx in by_len.items():
-        index = np.array(idx)
-        hashes = np.array(
-            [[int(h, 16) for h in clips[i]["phash"]] for i in idx], dtype=np.uint64
-        ).reshape(len(idx), frames)
+    hash_sets = [
+        (np.array(idx, dtype=np.int64),
+         np.array([[int(h, 16) for h in clips[i]["phash"]] for i in idx],
+                  dtype=np.uint64).reshape(len(idx), frames))
+        for frames, idx in by_len.items()
+    ]  # fmt: skip
+    ids = [c["clip_id"] for c in clips]
+    links = duplicate_links(
+        hash_sets,
+        np.array([c["duration_s"] for c in clips], dtype=np.float64),
+        np.array([c["width"] * c["height"] for c in clips], dtype=np.int64),
+        np.array([i.encode() for i in ids]) if ids else np.zeros(0, "S1"),
+        cfg,
+    )
+    return {ids[i]: (ids[b], d) for i, (b, d) in links.items()}
+
+
+def duplicate_links(
+    hash_sets: list[tuple[np.ndarray, np.ndarray]],
+    dur: np.ndarray,
+    area: np.ndarray,
+    ids: np.ndarray,
+    cfg: DedupConfig,
+) -> dict[int, tuple[int, float]]:
+    """``duplicate_groups`` on compact columns: clip index -> (index kept instead, distance).
+
+    ``hash_sets``: ``(clip indices, uint64 hashes [m, F])`` per frame count F (clips
+    without hashes in none); ``dur`` (float64), ``area`` (width x height) and ``ids``
+    (UTF-8 clip ids, ``S`` array: byte order is the ids' string order) per clip. Memory:
+    those columns and the matching pairs; candidate groups are compared as they are found,
+    a block of rows at a time, and never stored. The result is independent of clip order.
+    """
+    parent: dict[int, int] = {}  # union-find over the clips in some matching pair
+
+    def find(i: int) -> int:
+        while (p := parent.get(i, i)) != i:
+            parent[i] = i = parent.get(p, p)
+        return i
+
+    dist: dict[tuple[int, int], float] = {}
+    for index, hashes in hash_sets:
+        frames = hashes.shape[1]
         for g in _candidate_groups(hashes, cfg.max_distance):
             for r0 in range(0, len(g) - 1, 256):  # [256, len(g)] distances at a time
                 rows = g[r0 : r0 + 256]
@@ -100,24 +124,16 @@ def duplicate_groups(clips: list[dict], cfg: DedupConfig) -> dict[str, tuple[str
                     dist[(i, j)] = float(d[a, b])
                     parent[find(j)] = find(i)
     groups: dict[int, list[int]] = {}
-    for i in range(n):
+    for i in sorted(set(parent) | set(parent.values())):
         groups.setdefault(find(i), []).append(i)
-    out: dict[str, tuple[str, float]] = {}
+    out: dict[int, tuple[int, float]] = {}
     for members in groups.values():
         if len(members) < 2:
             continue
-        best = min(
-            members,
-            key=lambda i: (
-                -clips[i]["width"] * clips[i]["height"],
-                -clips[i]["duration_s"],
-                clips[i]["clip_id"],
-            ),
-        )
+        best = min(members, key=lambda i: (-int(area[i]), -float(dur[i]), bytes(ids[i])))
         for i in members:
             if i != best:
-                d = dist.get((min(i, best), max(i, best)), cfg.max_distance)
-                out[clips[i]["clip_id"]] = (clips[best]["clip_id"], d)
+                out[i] = (best, dist.get((min(i, best), max(i, best)), cfg.max_distance))
     return out
 
 
