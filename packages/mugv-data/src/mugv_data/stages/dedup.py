@@ -27,8 +27,10 @@ _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 
 def _hamming_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Summed bit differences of uint64 hash rows: ``a [m, F]`` x ``b [k, F]`` -> ``[m, k]``."""
-    x = (a[:, None, :] ^ b[None, :, :]).view(np.uint8)  # [m, k, 8 F]
-    return _POPCOUNT8[x].sum(axis=-1)
+    x = a[:, None, :] ^ b[None, :, :]  # [m, k, F]
+    if hasattr(np, "bitwise_count"):  # numpy >= 2
+        return np.bitwise_count(x).sum(axis=-1, dtype=np.int64)
+    return _POPCOUNT8[x.view(np.uint8)].sum(axis=-1)
 
 
 def _candidate_groups(hashes: np.ndarray, max_distance: float) -> Iterator[np.ndarray]:
@@ -37,20 +39,23 @@ def _candidate_groups(hashes: np.ndarray, max_distance: float) -> Iterator[np.nd
 
     Exact, by the pigeonhole principle: a mean distance <= D over F frames means some
     frame differs in at most floor(D) bits, and a 64-bit hash cut into floor(D) + 1 bands
-    then has one band equal. Only clips in the same (frame, band, value) group are
+    (any widths) then has one band equal. Only clips in the same (frame, band, value) group are
     compared, so the work grows with the near matches (and random band collisions, about
-    N^2 x 21 / 2^11 pairs for D = 6), never with a stored set of pairs.
+    N^2 x F x 13 / 2^11 pairs for D = 6), never with a stored set of pairs.
     """
     n, frames = hashes.shape
     nb = int(max_distance) + 1
     if nb > 64:  # every pair is a candidate
         yield np.arange(n)
         return
-    width = -(-64 // nb)
-    mask = np.uint64((1 << width) - 1)
+    # Bands as equal as possible (64 = 10 + 6 x 9 bits for D = 6): a narrow last band
+    # would make groups of N / 16 clips, i.e. quadratic work and memory.
+    widths = [64 // nb + (b < 64 % nb) for b in range(nb)]
+    shifts = np.cumsum([0, *widths[:-1]])
     for f in range(frames):
-        for b in range(nb):
-            vals = (hashes[:, f] >> np.uint64(b * width)) & mask
+        for width, shift in zip(widths, shifts):
+            mask = np.uint64((1 << width) - 1)
+            vals = (hashes[:, f] >> np.uint64(shift)) & mask
             order = np.argsort(vals, kind="stable")
             for g in np.split(order, np.flatnonzero(np.diff(vals[order])) + 1):
                 if len(g) > 1:
@@ -110,8 +115,9 @@ def duplicate_links(
     for index, hashes in hash_sets:
         frames = hashes.shape[1]
         for g in _candidate_groups(hashes, cfg.max_distance):
-            for r0 in range(0, len(g) - 1, 256):  # [256, len(g)] distances at a time
-                rows = g[r0 : r0 + 256]
+            step = max(1, (1 << 18) // (len(g) * frames))  # [step, len(g), F] at a time
+            for r0 in range(0, len(g) - 1, step):
+                rows = g[r0 : r0 + step]
                 d = _hamming_rows(hashes[rows], hashes[g]) / frames
                 gi, gj = index[rows][:, None], index[g][None, :]
                 di, dj = dur[gi], dur[gj]
