@@ -23,49 +23,49 @@ Entry points:
 Everything not listed in ``__all__`` is private.
 """
 
-from mugv_infer._quiet import quiet_third_party_imports as _quiet_imports
-
-with _quiet_imports():  # third-party import noise only, see _quiet
-    from mugv_infer._cache import StepCache
-    from mugv_infer._media import VideoFile, preprocess_image, read_mp4, write_mp4
-    from mugv_infer.enhance import (
-        ENHANCE_PROMPT,
-        WAN_NEGATIVE_PROMPT,
-        EnhancementOutput,
-        EnhancerQuirks,
-        MUGVEnhancer,
-    )
-    from mugv_infer.lora import MUGVLoraLoaderMixin, convert_megatron_lora
-    from mugv_infer.offload import BlockOffload, ComponentOffload, enable_block_offload
-    from mugv_infer.parallel import (
-        ParallelGroups,
-        SequenceParallelDiT,
-        cfg_parallel,
-        init_parallel,
-        ulysses_attention,
-    )
-    from mugv_infer.pipeline import NULL_TEXT_FILE, GenerationOutput, MUGVPipeline, load_null_text
-    from mugv_infer.presets import (
-        ASPECT_RATIOS_720P,
-        DURATIONS,
-        OFFICIAL_NEGATIVE_PROMPT,
-        OfficialQuirks,
-        resolve_num_frames,
-        resolve_size,
-    )
-    from mugv_infer.quant import pipeline_quantization_config, torchao_config
-    from mugv_infer.sampling import (
-        CFGZeroStar,
-        ClassifierFreeGuidance,
-        FlowEulerSampler,
-        Guidance,
-        MUGVFlowScheduler,
-        as_guidance,
-        extension_conditioning,
-        frame_conditioning,
-        initial_noise,
-        psnr,
-    )
+# mugv_dit first: its import brings in diffusers (and torchao, where installed) with their
+# import-time noise silenced (mugv_dit._quiet), so what follows imports them quietly too.
+import mugv_dit as _mugv_dit  # noqa: F401
+from mugv_infer._cache import StepCache
+from mugv_infer._media import VideoFile, preprocess_image, read_mp4, write_mp4
+from mugv_infer.enhance import (
+    ENHANCE_PROMPT,
+    WAN_NEGATIVE_PROMPT,
+    EnhancementOutput,
+    EnhancerQuirks,
+    MUGVEnhancer,
+)
+from mugv_infer.lora import MUGVLoraLoaderMixin, convert_megatron_lora
+from mugv_infer.offload import BlockOffload, ComponentOffload, enable_block_offload
+from mugv_infer.parallel import (
+    ParallelGroups,
+    SequenceParallelDiT,
+    cfg_parallel,
+    init_parallel,
+    ulysses_attention,
+)
+from mugv_infer.pipeline import NULL_TEXT_FILE, GenerationOutput, MUGVPipeline, load_null_text
+from mugv_infer.presets import (
+    ASPECT_RATIOS_720P,
+    DURATIONS,
+    OFFICIAL_NEGATIVE_PROMPT,
+    OfficialQuirks,
+    resolve_num_frames,
+    resolve_size,
+)
+from mugv_infer.quant import pipeline_quantization_config, torchao_config
+from mugv_infer.sampling import (
+    CFGZeroStar,
+    ClassifierFreeGuidance,
+    FlowEulerSampler,
+    Guidance,
+    MUGVFlowScheduler,
+    as_guidance,
+    extension_conditioning,
+    frame_conditioning,
+    initial_noise,
+    psnr,
+)
 
 __version__ = "0.1.0"
 
